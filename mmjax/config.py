@@ -1,0 +1,166 @@
+"""Experiment configs: the engine's defaults, loading `path.py:arg`, overrides, and key checking.
+
+Every config in `configs/` starts from `base_config()` and is returned locked, so a misspelled key
+(in a config file or on the command line) stops the run before any work is done.
+"""
+import ast
+import difflib
+import importlib.util
+import json
+import pathlib
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config or an override names a key that does not exist, or has a value of the wrong type."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the engine reads, with its default. Configs override fields; they add none."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.trainer = "standard"           # mmjax.train registry: the loop that runs the method
+  c.method = "supervised"          # mmjax.methods registry
+  c.parallel = "jit"               # "jit" (NamedSharding over a mesh) or "pmap"
+  c.dtype = "float32"              # compute dtype of the model; params stay float32
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "lenet"           # mmjax.models registry
+  c.model.num_classes = 10
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = None                # raw files; default $MMJAX_DATA_DIR, then ~/mmjax_data
+  c.data.tfds_dir = None           # prepared tfds data; default $MMJAX_TFDS_DIR, then ~/tensorflow_datasets
+  c.data.train = "mnist"           # dataset trained on
+  c.data.train_split = "train"
+  c.data.global_batch = 128        # summed over all devices of all processes
+
+  c.evals = ml_collections.ConfigDict()   # name -> ConfigDict(dataset, split)
+  c.eval_every = 0                 # steps between evaluations; 0: only at the end
+  c.eval_batch = 1000
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.log_every = 50
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"             # sgd | adam | adamw
+  c.optim.lr = 0.01
+  c.optim.momentum = 0.9           # sgd only; 0 disables it
+  c.optim.nesterov = False
+  c.optim.weight_decay = 0.0
+  c.optim.schedule = "constant"    # constant | cosine | warmup_cosine
+  c.optim.warmup_steps = 0
+  c.optim.grad_clip_norm = 0.0     # 0 disables clipping
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500         # steps; the last step is always saved
+  c.checkpoint.keep = 3
+
+  c.init_from = ml_collections.ConfigDict()
+  c.init_from.workdir = ""         # another run's workdir; "" disables
+  c.init_from.step = -1            # -1: its latest checkpoint
+  c.init_from.include = ".*"       # regex over param paths ("Conv_0/kernel") to copy
+  c.freeze = ""                    # regex over param paths kept fixed; "" freezes nothing
+  return c
+
+
+def _nearest(key: str, candidates) -> str:
+  close = difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.5)
+  return ", ".join(close) if close else ", ".join(sorted(candidates))
+
+
+def _all_paths(cfg, prefix=""):
+  for k, v in cfg.items():
+    path = f"{prefix}{k}"
+    yield path
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _all_paths(v, path + ".")
+
+
+def _parse_value(text: str, current):
+  """Parses a command-line value as the type of the field it replaces."""
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"expected true or false, got {text!r}")
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Sets `cfg.<key>` (dotted) from a command-line string, naming the nearest keys if it is unknown."""
+  parts = key.split(".")
+  node = cfg
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = ".".join(parts[:i]) or "the config"
+      options = node.keys() if isinstance(node, ml_collections.ConfigDict) else []
+      prefix = ".".join(parts[:i]) + "." if i else ""
+      raise ConfigError(
+          f"unknown config key {key!r}: {where} has no field {part!r}. "
+          f"Nearest valid keys: {', '.join(prefix + o for o in _nearest(part, options).split(', '))}")
+    if i < len(parts) - 1:
+      node = node[part]
+  current = node[parts[-1]]
+  if isinstance(current, ml_collections.ConfigDict):
+    raise ConfigError(f"config key {key!r} is a group; set one of its fields: "
+                      f"{', '.join(key + '.' + k for k in current.keys())}")
+  try:
+    node[parts[-1]] = _parse_value(text, current)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"bad value {text!r} for config key {key!r} "
+                      f"(currently {current!r}): {e}") from None
+
+
+def check_keys(cfg: ml_collections.ConfigDict) -> None:
+  """Rejects keys a config file added that the engine does not know (configs must start from base)."""
+  known = set(_all_paths(base_config()))
+  for path in _all_paths(cfg):
+    top = path.split(".")[0]
+    if top in ("evals", "model") and path.count(".") >= 1:
+      continue  # free-form groups: eval names, model hyperparameters (checked by the model)
+    if path not in known:
+      parent, _, leaf = path.rpartition(".")
+      siblings = [p.rpartition(".")[2] for p in known if p.rpartition(".")[0] == parent]
+      raise ConfigError(f"unknown config key {path!r}. Nearest valid keys: "
+                        f"{_nearest(leaf, siblings)}")
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`; returns it locked."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ConfigError(f"config file {path!r} does not exist (expected e.g. configs/digits.py:mnist_usps)")
+  module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config(arg=None)")
+  cfg = module.get_config(arg or None)
+  check_keys(cfg)
+  cfg.lock()
+  return cfg
+
+
+def load_with_overrides(spec: str, overrides: dict) -> ml_collections.ConfigDict:
+  cfg = load(spec)
+  for key, text in overrides.items():
+    override(cfg, key, text)
+  return cfg
+
+
+def write_json(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
+  path.write_text(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,29 @@
+"""Supervised training on one labelled dataset: the "source only" and "train on target" baselines."""
+import jax.numpy as jnp
+import optax
+
+
+def loss_fn(model, params, batch, rng):
+  """Mean softmax cross-entropy over the global batch; returns (loss, metrics)."""
+  out = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+  logits = out["logits"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_fn(model, params, batch):
+  """Sums over the real (mask = 1) examples of an eval batch: correct, loss, count."""
+  logits = model.apply({"params": params}, batch["image"], train=False)["logits"]
+  mask = batch["mask"]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  return {"correct": jnp.sum(correct * mask), "loss": jnp.sum(ce * mask), "count": jnp.sum(mask)}
+
+
+def summarize_eval(sums):
+  """Turns summed eval numbers into the reported ones."""
+  count = max(float(sums["count"]), 1.0)
+  return {"accuracy": float(sums["correct"]) / count, "loss": float(sums["loss"]) / count,
+          "n": int(sums["count"])}
+

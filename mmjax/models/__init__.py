@@ -1,0 +1,24 @@
+"""Model registry: config.model.name -> flax.linen module; the other config.model fields are its fields."""
+import dataclasses
+
+import jax.numpy as jnp
+
+from mmjax.models.lenet import LeNet  # noqa: F401 (re-exported)
+
+MODELS = {"lenet": LeNet}
+
+
+def build_model(model_config, dtype: str = "float32"):
+  """Builds the module that `model_config.name` names, with the remaining fields as hyperparameters."""
+  kwargs = dict(model_config)
+  name = kwargs.pop("name")
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+  cls = MODELS[name]
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"model {name!r} has no field(s) {unknown}; its fields are {sorted(fields)}")
+  if "dtype" in fields:
+    kwargs["dtype"] = jnp.dtype(dtype)
+  return cls(**kwargs)

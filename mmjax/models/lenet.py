@@ -1,0 +1,28 @@
+"""LeNet for 28x28 digits, as in the DANN and Transfer-Learning-Library digit setups."""
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class LeNet(nn.Module):
+  """conv 32 5x5 -> pool -> conv 48 5x5 -> pool -> 100 -> 100 -> classes.
+
+  Returns a dict with `features` (the 100-d output of the feature extractor) and `logits`, so that
+  domain-adaptation losses can use the features.
+  """
+  num_classes: int = 10
+  hidden: int = 100
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no dropout or batch norm in this model
+    x = x.astype(self.dtype)
+    x = nn.Conv(32, (5, 5), padding="VALID", dtype=self.dtype, name="conv1")(x)
+    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = nn.Conv(48, (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
+    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
+    features = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc2")(x))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
+    return {"features": features, "logits": logits.astype(jnp.float32)}

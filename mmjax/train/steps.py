@@ -1,0 +1,94 @@
+"""The pure train and eval steps, compiled for a device mesh (jit) or per device (pmap).
+
+Both modes compute the same thing: the loss is a mean over the global batch; in pmap mode each device
+holds an equal share, so the mean of the per-device means (lax.pmean) is that same global mean.
+"""
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def make_update(method, model, tx, axis_name=None):
+  """update(state, batch, rng) -> (state, metrics), with the rng folded with the step number."""
+
+  def update(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    loss_fn = functools.partial(method.loss_fn, model)
+    grads, metrics = jax.grad(loss_fn, argnums=0, has_aux=True)(state.params, batch, rng)
+    if axis_name is not None:
+      grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return update
+
+
+def accumulate(totals, metrics, step):
+  """Sums metrics on device between log steps and remembers the first step with a non-finite loss."""
+  bad = ~jnp.isfinite(metrics["loss"]) & (totals["first_bad_step"] < 0)
+  return {
+      "sums": jax.tree.map(jnp.add, totals["sums"], metrics),
+      "count": totals["count"] + 1,
+      "first_bad_step": jnp.where(bad, step, totals["first_bad_step"]),
+  }
+
+
+def empty_totals(metrics_shape):
+  return {"sums": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape),
+          "count": jnp.zeros((), jnp.int32), "first_bad_step": -jnp.ones((), jnp.int32)}
+
+
+class Partitioner:
+  """Where arrays live: a 1-D mesh over all devices of all processes, batch on its leading axis."""
+
+  def __init__(self, mode: str):
+    if mode not in ("jit", "pmap"):
+      raise ValueError(f"unknown config.parallel {mode!r}; use jit or pmap")
+    self.mode = mode
+    self.mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+
+  def check_batch(self, global_batch: int, what: str) -> None:
+    if global_batch % jax.device_count():
+      raise ValueError(f"{what}={global_batch} must be divisible by the number of devices "
+                       f"({jax.device_count()})")
+
+  def global_batch(self, local: dict):
+    """This process's rows of the global batch -> global arrays sharded over the mesh."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in local.items()}
+
+  # pmap mode: state copied on each local device, batch split [devices, per-device rows, ...].
+  def to_pmap_state(self, tree):
+    n = jax.local_device_count()
+    local = NamedSharding(jax.sharding.Mesh(np.array(jax.local_devices()), ("local",)), P("local"))
+    return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(x, (n,) + np.shape(x)), local),
+                        jax.device_get(tree))
+
+  def from_pmap_state(self, tree):
+    first = jax.tree.map(lambda x: x[0], jax.device_get(tree))
+    return jax.jit(lambda t: t, out_shardings=self.replicated)(first)
+
+  def pmap_batch(self, local: dict):
+    n = jax.local_device_count()
+    return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in local.items()}
+
+  def compile_update(self, update_fn):
+    if self.mode == "pmap":
+      return jax.pmap(update_fn, axis_name="batch", in_axes=(0, 0, None), donate_argnums=0)
+    return jax.jit(update_fn, in_shardings=(self.replicated, self.batch_sharding, self.replicated),
+                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)

@@ -1,0 +1,245 @@
+"""The train loop: resume, input, model, sharding, update, checkpoints, evaluation, results.
+
+`train_and_evaluate(config, workdir)` is the whole of a run. It is safe to call again on the same
+workdir after any stop: it resumes from the newest good checkpoint, or returns a finished run's results.
+"""
+import functools
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+import mmjax
+from mmjax import config as config_lib
+from mmjax import data as data_lib
+from mmjax import methods, models
+from mmjax.train import checkpoint, optim, steps, transfer, writers
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite; the run stopped without overwriting good checkpoints."""
+
+
+class _Preemption:
+  """Turns SIGTERM (how cloud TPUs and SLURM announce preemption) into a flag the loop polls."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and exiting")
+    self.requested = True
+
+  def agreed(self, step: int, every: int) -> bool:
+    """All processes must stop at the same step; they compare flags every `every` steps."""
+    if jax.process_count() == 1:
+      return self.requested
+    if step % every:
+      return False
+    flags = multihost_utils.process_allgather(np.array(self.requested))
+    return bool(np.any(flags))
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _finished_results(workdir: pathlib.Path, steps_total: int):
+  path = workdir / "results.json"
+  if not path.exists():
+    return None
+  try:
+    results = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    logging.warning("%s is unreadable; the run's evaluation will be redone", path)
+    return None
+  return results if results.get("step") == steps_total else None
+
+
+def _load_eval_sets(config):
+  return {name: data_lib.load_split(ev.dataset, ev.split, data_dir=config.data.dir,
+                                    tfds_dir=config.data.tfds_dir)
+          for name, ev in config.evals.items()}
+
+
+def evaluate(method, model, params, eval_sets, partitioner, batch_size):
+  """Full passes over every eval set; returns {name: {accuracy, loss, n}}."""
+  eval_step = jax.jit(functools.partial(method.eval_fn, model),
+                      in_shardings=(partitioner.replicated, partitioner.batch_sharding),
+                      out_shardings=partitioner.replicated)
+  results = {}
+  for name, arrays in eval_sets.items():
+    sums = None
+    for local in data_lib.eval_batches(arrays, global_batch=batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count()):
+      out = eval_step(params, partitioner.global_batch(local))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    results[name] = method.summarize_eval(jax.device_get(sums))
+  return results
+
+
+def _init_state(config, model, tx_fn, partitioner, example):
+  """Params (and optimizer state) created directly with the replicated sharding, or loaded."""
+
+  def init(rng):
+    return model.init(rng, example, train=False)["params"]
+
+  params = jax.jit(init, out_shardings=partitioner.replicated)(jax.random.PRNGKey(config.seed))
+  if config.init_from.workdir:
+    params = jax.jit(lambda p: p, out_shardings=partitioner.replicated)(
+        transfer.load_pretrained(jax.device_get(params), config.init_from))
+  tx = tx_fn(params)
+  state = jax.jit(lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                             opt_state=tx.init(p)),
+                  out_shardings=partitioner.replicated)(params)
+  return state, tx
+
+
+def train_and_evaluate(config, workdir) -> dict:
+  """Trains config's model with config's method; returns (and writes) the final results."""
+  start_time = time.time()
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  finished = _finished_results(workdir, config.train.steps)
+  if finished is not None:
+    logging.info("%s already holds the finished run's results; nothing to do", workdir)
+    return finished
+  if jax.process_index() == 0:
+    config_lib.write_json(config, workdir / "config.json")
+
+  partitioner = steps.Partitioner(config.parallel)
+  partitioner.check_batch(config.data.global_batch, "config.data.global_batch")
+  eval_batch = -(-config.eval_batch // jax.device_count()) * jax.device_count()
+  method = methods.get_method(config.method)
+  model = models.build_model(config.model, config.dtype)
+
+  # Input. Only the arrays are loaded here; the iterator starts at the restored position below.
+  train_arrays = data_lib.load_split(config.data.train, config.data.train_split,
+                                     data_dir=config.data.dir, tfds_dir=config.data.tfds_dir)
+  eval_sets = _load_eval_sets(config)
+  example = jnp.zeros((1,) + train_arrays["image"].shape[1:], jnp.float32)
+
+  # Model and optimizer state, then the newest checkpoint if there is one.
+  tx_fn = functools.partial(optim.make_optimizer, config.optim, config.train.steps,
+                            freeze=config.freeze)
+  state, tx = _init_state(config, model, lambda p: tx_fn(params=p), partitioner, example)
+  rng = jax.jit(lambda: jax.random.PRNGKey(config.seed + 1),
+                out_shardings=partitioner.replicated)()
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          {"state": state, "rng": rng})
+  restored = ckpt.restore_latest(abstract)
+  position, wall_before = 0, 0.0
+  if restored is not None:
+    tree, meta = restored
+    state, rng = tree["state"], tree["rng"]
+    position, wall_before = meta["data_position"], meta["wall_time_s"]
+    logging.info("resumed from %s at step %d", ckpt.directory / str(meta["step"]), meta["step"])
+  start_step = int(jax.device_get(state.step))
+
+  train_iter = data_lib.TrainIterator(
+      train_arrays, global_batch=config.data.global_batch, seed=config.seed, position=position,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  update = partitioner.compile_update(steps.make_update(method, model, tx,
+                                                        "batch" if config.parallel == "pmap" else None))
+  batch_shape = {"image": jax.ShapeDtypeStruct(
+                     (config.data.global_batch,) + train_arrays["image"].shape[1:], jnp.float32),
+                 "label": jax.ShapeDtypeStruct((config.data.global_batch,), jnp.int32)}
+  metrics_shape = jax.eval_shape(steps.make_update(method, model, tx), state, batch_shape, rng)[1]
+  accumulate = jax.jit(steps.accumulate, out_shardings=partitioner.replicated, donate_argnums=0)
+  new_totals = jax.jit(lambda: steps.empty_totals(metrics_shape),
+                       out_shardings=partitioner.replicated)
+  totals = new_totals()
+
+  out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
+  preemption = _Preemption()
+
+  def save(step):
+    host_state = partitioner.from_pmap_state(state) if config.parallel == "pmap" else state
+    ckpt.save(step, {"state": host_state, "rng": rng},
+              {"step": step, "data_position": train_iter.position,
+               "global_batch": config.data.global_batch,
+               "wall_time_s": wall_before + time.time() - start_time})
+
+  def check_finite(step):
+    bad = int(jax.device_get(totals["first_bad_step"]))
+    if bad >= 0:
+      last = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f"non-finite loss at step {bad} (detected at step {step}); stopped without saving. "
+          f"Last good checkpoint: {ckpt.directory / str(last) if last is not None else 'none'}. "
+          "Lower optim.lr, add optim.grad_clip_norm, or check the input data.")
+
+  if config.parallel == "pmap":
+    state = partitioner.to_pmap_state(state)
+  values = {}
+  try:
+    for step in range(start_step + 1, config.train.steps + 1):
+      local = next(train_iter)
+      if config.parallel == "pmap":
+        state, metrics = update(state, partitioner.pmap_batch(local), rng)
+        metrics = jax.tree.map(lambda x: x[0], metrics)
+      else:
+        state, metrics = update(state, partitioner.global_batch(local), rng)
+      totals = accumulate(totals, metrics, step)
+      out.step(step)
+      last = step == config.train.steps
+      if step % config.train.log_every == 0 or last:
+        check_finite(step)
+        fetched = jax.device_get(totals)
+        values = {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
+        out.scalars(step, values)
+        totals = new_totals()
+      if config.eval_every and step % config.eval_every == 0 and not last:
+        params = (partitioner.from_pmap_state(state) if config.parallel == "pmap" else state).params
+        ev = evaluate(method, model, params, eval_sets, partitioner, eval_batch)
+        out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
+      if step % config.checkpoint.every == 0 or last:
+        check_finite(step)
+        save(step)
+      if preemption.agreed(step, config.train.log_every) and not last:
+        check_finite(step)
+        save(step)
+        logging.warning("preempted: saved step %d to %s; run the same command to resume",
+                        step, ckpt.directory)
+        return {"preempted": True, "step": step}
+    params = (partitioner.from_pmap_state(state) if config.parallel == "pmap" else state).params
+    final = evaluate(method, model, params, eval_sets, partitioner, eval_batch)
+    out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
+  finally:
+    preemption.restore()
+    out.close()
+    ckpt.close()
+
+  results = {
+      "step": config.train.steps,
+      "eval": final,
+      "final_train": values or _last_train_row(workdir),
+      "wall_time_s": wall_before + time.time() - start_time,
+      "config": json.loads(config.to_json_best_effort()),
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "platform": jax.devices()[0].platform,
+      "versions": {"mmjax": mmjax.__version__, "jax": jax.__version__},
+  }
+  if jax.process_index() == 0:
+    writers.write_json_atomic(workdir / "results.json", results)
+  logging.info("final evaluation: %s", final)
+  return results
+
+
+def _last_train_row(workdir: pathlib.Path) -> dict:
+  """The last logged train metrics, for a run resumed after its last step (killed during the final eval)."""
+  path = workdir / "metrics.jsonl"
+  rows = [json.loads(r) for r in path.read_text().splitlines() if r.strip()] if path.exists() else []
+  rows = [r for r in rows if any(k.startswith("train/") for k in r)]
+  return {k: v for k, v in rows[-1].items() if k.startswith("train/")} if rows else {}
