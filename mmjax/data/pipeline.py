@@ -1,0 +1,117 @@
+"""Batches for training and evaluation from in-memory arrays, identical whatever the number of processes.
+
+Training reads one global example stream: epoch e is a permutation of range(N) drawn statelessly
+from (seed, e), and the epochs are concatenated. Global batch k is stream elements [k*B, (k+1)*B),
+so batches may straddle epochs, and process p of P takes rows [p*B/P, (p+1)*B/P) of each global batch.
+"""
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from mmjax.data import tf_runtime
+
+
+def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
+  if "image" not in arrays or "label" not in arrays:
+    raise ValueError(f"Expected arrays with 'image' and 'label', got keys {sorted(arrays)}.")
+  if arrays["image"].dtype != np.uint8:
+    raise ValueError(f"Expected uint8 images (0..255), got {arrays['image'].dtype}; "
+                     "pass arrays from load_split.")
+  lengths = {key: len(value) for key, value in arrays.items()}
+  if len(set(lengths.values())) != 1:
+    raise ValueError(f"All arrays must have the same number of examples, got {lengths}.")
+  return lengths["image"]
+
+
+def _rows_per_process(global_batch: int, process_index: int, process_count: int) -> int:
+  if global_batch <= 0:
+    raise ValueError(f"global_batch must be positive, got {global_batch}.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}.")
+  if global_batch % process_count:
+    raise ValueError(
+        f"global_batch={global_batch} is not divisible by process_count={process_count}: every "
+        f"process takes an equal share of each global batch, so use a multiple of {process_count}.")
+  return global_batch // process_count
+
+
+class TrainIterator:
+  """Endless training batches of this process: {"image": float32 in [0, 1], "label": int32, ...}.
+
+  `position` counts the global-stream examples consumed, so a run resumes exactly by building a new
+  iterator with the position saved in its checkpoint.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], *, global_batch: int, seed: int,
+               position: int = 0, process_index: int = 0, process_count: int = 1):
+    tf_runtime.keep_tf_on_cpu()
+    num_examples = _num_examples(arrays)
+    rows = _rows_per_process(global_batch, process_index, process_count)
+    if num_examples == 0:
+      raise ValueError("Cannot train on an empty split.")
+    if position < 0:
+      raise ValueError(f"position must be >= 0, got {position}.")
+    self._global_batch = global_batch
+    self._position = position
+    indices = _global_index_stream(num_examples, seed, position).batch(global_batch)
+    first_row = process_index * rows
+    tensors = {key: tf.constant(value) for key, value in arrays.items()}
+    dataset = indices.map(
+        lambda batch: _gather(tensors, batch[first_row:first_row + rows]),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    self._batches = dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+  @property
+  def position(self) -> int:
+    """Examples of the global stream consumed so far (all processes together)."""
+    return self._position
+
+  def __iter__(self) -> "TrainIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._batches)
+    self._position += self._global_batch
+    return batch
+
+
+def _global_index_stream(num_examples: int, seed: int, position: int) -> tf.data.Dataset:
+  """Example indices of the global stream from `position` on, without replaying earlier data."""
+  start_epoch, skip = divmod(position, num_examples)
+
+  def epoch_indices(epoch):
+    permutation = tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+    start = tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0)
+    return tf.data.Dataset.from_tensor_slices(permutation[start:])
+
+  return tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices)
+
+
+def _gather(tensors: dict[str, tf.Tensor], indices: tf.Tensor) -> dict[str, tf.Tensor]:
+  batch = {key: tf.gather(value, indices) for key, value in tensors.items()}
+  batch["image"] = tf.cast(batch["image"], tf.float32) / 255.0
+  batch["label"] = tf.cast(batch["label"], tf.int32)
+  return batch
+
+
+def eval_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's rows of every global batch over the whole split, in order.
+
+  All processes yield the same number of batches of global_batch/process_count rows; rows past
+  the end of the split are zeros with "mask" 0 (real rows have mask 1), so metrics are mask-weighted.
+  """
+  num_examples = _num_examples(arrays)
+  rows = _rows_per_process(global_batch, process_index, process_count)
+  for batch_start in range(0, num_examples, global_batch):
+    indices = np.arange(rows) + batch_start + process_index * rows
+    real = indices < num_examples
+    batch = {key: value[np.where(real, indices, 0)] for key, value in arrays.items()}
+    for value in batch.values():
+      value[~real] = 0
+    batch["image"] = batch["image"].astype(np.float32) / 255.0
+    batch["label"] = batch["label"].astype(np.int32)
+    batch["mask"] = real.astype(np.float32)
+    yield batch
