@@ -7,6 +7,8 @@ cloud TPU pod or under SLURM, where jax.distributed finds them itself.
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # tf.data's C++ INFO lines drown the run's own log
+
 from absl import app, flags, logging
 
 flags.DEFINE_string("config", None, "config file and arg, e.g. configs/digits.py:mnist_usps")
@@ -43,6 +45,8 @@ def auto_multiprocess() -> bool:
 def main(argv, overrides):
   del argv
   from mmjax import config as config_lib
+  from mmjax import logs
+  logs.setup()
   try:
     config = config_lib.load_with_overrides(FLAGS.config, overrides)
   except config_lib.ConfigError as e:
