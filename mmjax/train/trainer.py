@@ -75,6 +75,7 @@ def evaluate(method, model, params, eval_sets, partitioner, batch_size):
                       in_shardings=(partitioner.replicated, partitioner.batch_sharding),
                       out_shardings=partitioner.replicated)
   results = {}
+  window = steps.DispatchWindow()
   for name, arrays in eval_sets.items():
     sums = None
     for local in data_lib.eval_batches(arrays, global_batch=batch_size,
@@ -82,6 +83,7 @@ def evaluate(method, model, params, eval_sets, partitioner, batch_size):
                                        process_count=jax.process_count()):
       out = eval_step(params, partitioner.global_batch(local))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+      window.push(sums)
     results[name] = method.summarize_eval(jax.device_get(sums))
   return results
 
@@ -182,6 +184,7 @@ def train_and_evaluate(config, workdir) -> dict:
   if config.parallel == "pmap":
     state = partitioner.to_pmap_state(state)
   values = {}
+  window = steps.DispatchWindow()
   try:
     for step in range(start_step + 1, config.train.steps + 1):
       local = next(train_iter)
@@ -191,6 +194,7 @@ def train_and_evaluate(config, workdir) -> dict:
       else:
         state, metrics = update(state, partitioner.global_batch(local), rng)
       totals = accumulate(totals, metrics, step)
+      window.push(metrics)
       out.step(step)
       last = step == config.train.steps
       if step % config.train.log_every == 0 or last:
