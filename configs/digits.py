@@ -36,3 +36,8 @@ def get_config(arg=None):
   c.optim.weight_decay = 5e-4
   c.checkpoint.every = 1000
   return c
+
+
+def sweep():
+  """The settings the digits table runs (seeds are added by the experiment runner)."""
+  return [{"arg": arg} for arg in ARGS]

@@ -138,15 +138,21 @@ def check_keys(cfg: ml_collections.ConfigDict) -> None:
                         f"{_nearest(leaf, siblings)}")
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`; returns it locked."""
-  path, _, arg = spec.partition(":")
+def load_module(path):
+  """Imports a config file as a module (for get_config, and sweep() for the experiment runner)."""
   file = pathlib.Path(path)
   if not file.is_file():
     raise ConfigError(f"config file {path!r} does not exist (expected e.g. configs/digits.py:mnist_usps)")
   module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`; returns it locked."""
+  path, _, arg = spec.partition(":")
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config(arg=None)")
   cfg = module.get_config(arg or None)

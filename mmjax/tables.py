@@ -1,0 +1,142 @@
+"""Paper-style tables from finished cells: mean ± std over seeds beside the published numbers.
+
+Writes Markdown (for the README), LaTeX (booktabs) and CSV from the cells' `results.json` files,
+and the plots of `mmjax.plots`. Values are fractions in CSV and percentages in Markdown and LaTeX.
+"""
+import csv
+import dataclasses
+import io
+import json
+import pathlib
+
+import numpy as np
+
+from mmjax import experiments
+
+PROTOCOLS = {
+    "fixed": "fixed hyperparameters from the paper, last checkpoint (no model selection)",
+    "source_val": "hyperparameters chosen on a held-out source validation set",
+    "reverse_val": "hyperparameters chosen by reverse validation (Ganin et al. 2016, §5.1.2)",
+    "oracle": "hyperparameters chosen on target test labels (target oracle; an upper bound)",
+}
+
+
+@dataclasses.dataclass
+class TableSpec:
+  """What a table reports and how it is labelled."""
+  name: str                         # file stem under the output folder
+  title: str
+  metric: str                       # "<eval set>/<number>" in results.json, e.g. "target_test/accuracy"
+  rows: list                        # row labels (methods), in order
+  columns: list                     # column labels (tasks), in order
+  protocol: str                     # a key of PROTOCOLS
+  published: dict = dataclasses.field(default_factory=dict)  # (row, column) -> fraction
+  published_source: str = ""
+  extra_metrics: dict = dataclasses.field(default_factory=dict)  # label -> "<eval>/<number>"
+  notes: str = ""
+
+
+def _value(results: dict, metric: str) -> float:
+  eval_set, number = metric.split("/")
+  return float(results["eval"][eval_set][number])
+
+
+def collect(root, cells, spec: TableSpec) -> list:
+  """One record per (column, row): the values of its finished seeds and their summary."""
+  finished = {}
+  for cell in cells:
+    path = experiments.cell_dir(root, cell) / "results.json"
+    if experiments.is_finished(root, cell):
+      finished.setdefault((cell.row, cell.column), []).append(json.loads(path.read_text()))
+  records = []
+  for column in spec.columns:
+    for row in spec.rows:
+      runs = finished.get((row, column), [])
+      values = np.array([_value(r, spec.metric) for r in runs])
+      published = spec.published.get((row, column))
+      mean = float(values.mean()) if len(values) else float("nan")
+      records.append({
+          "column": column, "row": row, "n": len(values), "mean": mean,
+          "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+          "published": published,
+          "diff": mean - published if published is not None and len(values) else None,
+          "wall_time_s": float(sum(r["wall_time_s"] for r in runs)),
+          **{label: float(np.mean([_value(r, m) for r in runs])) if runs else float("nan")
+             for label, m in spec.extra_metrics.items()},
+      })
+  return records
+
+
+def caption(spec: TableSpec, records, seeds_asked: int) -> str:
+  ns = sorted({r["n"] for r in records})
+  seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+  text = (f"{spec.title}. {spec.metric.replace('/', ' ')} in %, mean ± std over {seeds} seed(s)"
+          f" (of {seeds_asked} asked). Model selection: {PROTOCOLS[spec.protocol]}.")
+  if spec.published_source:
+    text += f" Published: {spec.published_source}; Δ = ours − published."
+  if spec.notes:
+    text += " " + spec.notes
+  return text
+
+
+def _pct(x, digits=1):
+  return "–" if x is None or x != x else f"{100 * x:.{digits}f}"
+
+
+def to_markdown(spec, records, seeds_asked) -> str:
+  extra = list(spec.extra_metrics)
+  head = ["Task", "Method", "Ours", "n", "Published", "Δ"] + extra
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in records:
+    ours = f"{_pct(r['mean'])} ± {_pct(r['std'])}" if r["n"] else "not run"
+    cells = [r["column"], r["row"], ours, str(r["n"]), _pct(r["published"]),
+             "–" if r["diff"] is None else f"{100 * r['diff']:+.1f}"]
+    cells += [_pct(r[label]) for label in extra]
+    lines.append("| " + " | ".join(cells) + " |")
+  return f"**{spec.title}**\n\n" + "\n".join(lines) + f"\n\n{caption(spec, records, seeds_asked)}\n"
+
+
+def _tex(text: str) -> str:
+  return (text.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
+          .replace("_", "\\_").replace("#", "\\#").replace("→", "$\\to$")
+          .replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("–", "--"))
+
+
+def to_latex(spec, records, seeds_asked) -> str:
+  extra = list(spec.extra_metrics)
+  cols = "ll" + "r" * (4 + len(extra))
+  head = ["Task", "Method", "Ours", "$n$", "Published", "$\\Delta$"] + [_tex(e) for e in extra]
+  body = []
+  for r in records:
+    ours = f"{_pct(r['mean'])} $\\pm$ {_pct(r['std'])}" if r["n"] else "not run"
+    cells = [_tex(r["column"]), _tex(r["row"]), ours, str(r["n"]), _tex(_pct(r["published"])),
+             "--" if r["diff"] is None else f"{100 * r['diff']:+.1f}"]
+    cells += [_tex(_pct(r[label])) for label in extra]
+    body.append(" & ".join(cells) + " \\\\")
+  return "\n".join([
+      "\\begin{table}[t]", "\\centering", f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+      " & ".join(head) + " \\\\", "\\midrule", *body, "\\bottomrule", "\\end{tabular}",
+      f"\\caption{{{_tex(caption(spec, records, seeds_asked))}}}",
+      f"\\label{{tab:{spec.name}}}", "\\end{table}", ""])
+
+
+def to_csv(spec, records) -> str:
+  out = io.StringIO()
+  fields = ["column", "row", "n", "mean", "std", "published", "diff", "wall_time_s"]
+  fields += list(spec.extra_metrics)
+  writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+  writer.writeheader()
+  for r in records:
+    writer.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+  return out.getvalue()
+
+
+def write_all(out_dir, spec: TableSpec, records, seeds_asked: int) -> dict:
+  """Writes <name>.md, .tex and .csv; returns their paths."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {ext: out_dir / f"{spec.name}.{ext}" for ext in ("md", "tex", "csv")}
+  paths["md"].write_text(to_markdown(spec, records, seeds_asked))
+  paths["tex"].write_text(to_latex(spec, records, seeds_asked))
+  paths["csv"].write_text(to_csv(spec, records))
+  return paths

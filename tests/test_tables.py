@@ -1,0 +1,106 @@
+"""Tables: aggregation against numpy, the three formats, skipping finished cells, the quick digits table."""
+import csv
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from mmjax import experiments, tables
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+SPEC = tables.TableSpec(
+    name="t", title="Toy", metric="target_test/accuracy", rows=["a", "b"], columns=["X→Y"],
+    protocol="fixed", published={("a", "X→Y"): 0.5}, published_source="paper",
+    extra_metrics={"src": "source_test/accuracy"})
+
+
+def _fake_cells(root, values):
+  cells = experiments.grid([{"row": "a", "column": "X→Y", "config": "configs/digits.py"}],
+                           range(len(values)))
+  for cell, v in zip(cells, values):
+    d = experiments.cell_dir(root, cell)
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({
+        "eval": {"target_test": {"accuracy": v}, "source_test": {"accuracy": 1 - v}},
+        "wall_time_s": 2.0}))
+  return cells
+
+
+def test_collect_gives_mean_std_n_and_difference(tmp_path):
+  values = [0.61, 0.64, 0.58, 0.70]
+  cells = _fake_cells(tmp_path, values)
+  cells += experiments.grid([{"row": "b", "column": "X→Y", "config": "configs/digits.py"}], [0])
+  recs = tables.collect(tmp_path, cells, SPEC)
+  a = next(r for r in recs if r["row"] == "a")
+  assert a["n"] == 4
+  np.testing.assert_allclose(a["mean"], np.mean(values))
+  np.testing.assert_allclose(a["std"], np.std(values, ddof=1))
+  np.testing.assert_allclose(a["diff"], np.mean(values) - 0.5)
+  np.testing.assert_allclose(a["src"], 1 - np.mean(values))
+  assert a["wall_time_s"] == 8.0
+  b = next(r for r in recs if r["row"] == "b")
+  assert b["n"] == 0 and b["published"] is None and b["diff"] is None
+
+
+def test_formats_carry_the_same_numbers(tmp_path):
+  cells = _fake_cells(tmp_path, [0.6, 0.7])
+  recs = tables.collect(tmp_path, cells, SPEC)
+  md = tables.to_markdown(SPEC, recs, 2)
+  assert "| X→Y | a | 65.0 ± 7.1 | 2 | 50.0 | +15.0 | 35.0 |" in md
+  assert "| X→Y | b | not run | 0 |" in md
+  assert "mean ± std over 0–2 seed(s)" in md and "fixed hyperparameters" in md
+  tex = tables.to_latex(SPEC, recs, 2)
+  for piece in ("\\toprule", "\\midrule", "\\bottomrule", "65.0 $\\pm$ 7.1", "X$\\to$Y",
+                "\\caption{", "\\label{tab:t}"):
+    assert piece in tex
+  rows = list(csv.DictReader(io.StringIO(tables.to_csv(SPEC, recs))))
+  assert abs(float(rows[0]["mean"]) - 0.65) < 1e-12 and rows[0]["n"] == "2" and rows[1]["published"] == ""
+
+
+def test_runner_never_reruns_a_finished_cell(tmp_path):
+  cells = _fake_cells(tmp_path, [0.6])
+  before = (experiments.cell_dir(tmp_path, cells[0]) / "results.json").stat().st_mtime_ns
+  status = experiments.Runner(tmp_path).run(cells)
+  assert status == {cells[0].key: "skipped"}
+  d = experiments.cell_dir(tmp_path, cells[0])
+  assert (d / "results.json").stat().st_mtime_ns == before and not (d / "log.txt").exists()
+
+
+def test_quick_digits_table_survives_kill_9_and_fills_its_rows(tmp_path):
+  """Kill the runner (and its run) after the first cell, run again: nothing lost, nothing redone."""
+  args = [sys.executable, str(REPO / "experiments/digits_table.py"), f"--workdir={tmp_path}",
+          "--quick"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  first = tmp_path / "source_only/mnist_to_usps/seed_0/results.json"
+  start = time.time()
+  while not first.exists():
+    assert proc.poll() is None and time.time() - start < 300
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  finished_before = first.read_text()
+  mtime = first.stat().st_mtime_ns
+  out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert first.stat().st_mtime_ns == mtime and first.read_text() == finished_before
+  rows = list(csv.DictReader((tmp_path / "tables/digits.csv").open()))
+  assert [(r["column"], r["row"]) for r in rows] == [
+      ("MNIST→USPS", "source only"), ("MNIST→USPS", "train on target"),
+      ("USPS→MNIST", "source only"), ("USPS→MNIST", "train on target")]
+  for r in rows:
+    assert r["n"] == "1" and 0.0 <= float(r["mean"]) <= 1.0
+    assert 0.0 <= float(r["source test acc."]) <= 1.0
+  assert [r["published"] for r in rows if r["row"] == "source only"] == ["0.821", "0.746"]
+  md = (tmp_path / "tables/digits.md").read_text()
+  assert "QUICK CHECK" in md and "| MNIST→USPS | source only |" in md
+  for name in ("digits.tex", "digits_bars.png", "digits_bars.pdf", "digits_curves.png"):
+    assert (tmp_path / "tables" / name).stat().st_size > 0
