@@ -52,7 +52,8 @@ def main(argv):
   part = steps.Partitioner(FLAGS.parallel)
   part.check_batch(FLAGS.batch, "--batch")
   axis = "batch" if FLAGS.parallel == "pmap" else None
-  update = part.compile_update(steps.make_update(method, model, tx, axis))
+  update = part.compile_update(steps.make_update(method.make_loss(cfg), model, tx, FLAGS.steps,
+                                                 axis))
 
   arrays = data_lib.load_split(FLAGS.dataset, "train")
   params = model.init(jax.random.PRNGKey(0), arrays["image"][:1].astype("float32"))["params"]
@@ -66,7 +67,7 @@ def main(argv):
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count())
   rng = jax.random.PRNGKey(1)
-  cached = to_device(next(pipeline))
+  cached = to_device({"train": next(pipeline)})
 
   def repeat():
     while True:
@@ -74,7 +75,7 @@ def main(argv):
 
   def fed():
     for local in pipeline:
-      yield to_device(local)
+      yield to_device({"train": local})
 
   state, first = _timed(update, state, repeat(), rng, 1)
   state, _ = _timed(update, state, repeat(), rng, 10)  # warm caches

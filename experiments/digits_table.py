@@ -11,21 +11,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app  # noqa: E402
 
-from mmjax import experiments, logs, plots, tables  # noqa: E402
-from mmjax.config import load_module  # noqa: E402
+from mmjax import table_script, tables  # noqa: E402
 
-flags.DEFINE_string("workdir", None, "root of the cells' workdirs")
-flags.DEFINE_integer("seeds", 5, "seeds per cell")
-flags.DEFINE_bool("quick", False, "tiny scale (100 steps, one seed) to check the pipeline")
-flags.DEFINE_integer("parallel", 1, "cells run at once")
-flags.DEFINE_string("out", None, "where the table and plots go")
-flags.mark_flag_as_required("workdir")
-FLAGS = flags.FLAGS
-
-CONFIG = "configs/digits.py"
-LABELS = {  # config arg -> (row, column)
+LABELS = {  # configs/digits.py arg -> (row, column)
     "mnist_usps": ("source only", "MNIST→USPS"),
     "usps_mnist": ("source only", "USPS→MNIST"),
     "mnist_usps_oracle": ("train on target", "MNIST→USPS"),
@@ -50,39 +40,10 @@ SPEC = tables.TableSpec(
 )
 
 
-def settings():
-  return [{"row": LABELS[s["arg"]][0], "column": LABELS[s["arg"]][1],
-           "config": f"{CONFIG}:{s['arg']}"} for s in _sweep()]
-
-
-def _sweep():
-  return load_module(experiments.REPO / CONFIG).sweep()
-
-
 def main(argv):
   del argv
-  logs.setup()
-  seeds = range(1 if FLAGS.quick else FLAGS.seeds)
-  cells = experiments.grid(settings(), seeds, QUICK if FLAGS.quick else ())
-  root = pathlib.Path(FLAGS.workdir)
-  status = experiments.Runner(root, FLAGS.parallel).run(cells)
-  spec = SPEC
-  if FLAGS.quick:
-    spec = tables.TableSpec(**{**vars(SPEC), "notes": "QUICK CHECK: 100 steps, batch 64, 1 seed; "
-                               "not a reproduction."})
-  records = tables.collect(root, cells, spec)
-  out = pathlib.Path(FLAGS.out or (root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"))
-  paths = tables.write_all(out, spec, records, len(seeds))
-  paths["curves"] = plots.learning_curves(root, cells, spec, "train/loss", out / f"{spec.name}_curves")
-  paths["accuracy_curves"] = plots.learning_curves(root, cells, spec, SPEC.metric,
-                                                   out / f"{spec.name}_accuracy_curves")
-  paths["bars"] = plots.bars(spec, records, out / f"{spec.name}_bars")
-  print(paths["md"].read_text())
-  failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
-  for key, why in failed.items():
-    logging.error("cell %s: %s", key, why)
-  logging.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-  return 1 if failed else 0
+  settings = table_script.settings_from_sweep("configs/digits.py", LABELS)
+  return table_script.main(SPEC, settings, QUICK, "100 steps, batch 64, 1 seed")
 
 
 if __name__ == "__main__":

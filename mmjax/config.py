@@ -33,12 +33,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dir = None                # raw files; default $MMJAX_DATA_DIR, then ~/mmjax_data
   c.data.tfds_dir = None           # prepared tfds data; default $MMJAX_TFDS_DIR, then ~/tensorflow_datasets
   c.data.train = "mnist"           # dataset trained on
+  c.data.input_key = "image"       # the batch entry the model reads ("image", "features")
   c.data.train_split = "train"
-  c.data.global_batch = 128        # summed over all devices of all processes
+  c.data.target = ""               # unlabelled target dataset of adaptation methods (dann)
+  c.data.target_split = "train"
+  c.data.global_batch = 128        # per stream, summed over all devices of all processes
 
   c.evals = ml_collections.ConfigDict()   # name -> ConfigDict(dataset, split)
   c.eval_every = 0                 # steps between evaluations; 0: only at the end
   c.eval_batch = 1000
+
+  c.adapt = ml_collections.ConfigDict()  # domain adaptation (method dann)
+  c.adapt.gamma = 10.0             # reversal strength lambda_p =
+  c.adapt.lambda_max = 1.0         #   lambda_max * (2 / (1 + exp(-gamma p)) - 1), p = progress
+  c.adapt.domain_hidden = 1024     # domain classifier: domain_layers x domain_hidden, ReLU
+  c.adapt.domain_layers = 2
+  c.adapt.randomized = False       # cdan: randomized map (R_f f) * (R_g g) / sqrt(d) instead of f x g
+  c.adapt.randomized_dim = 1024    # cdan: d, the randomized map's size (R_f, R_g fixed by c.seed)
+  c.adapt.mmd_weight = 1.0         # dan: loss = class loss + mmd_weight * MK-MMD^2(features)
+  c.adapt.mmd_estimator = "unbiased"  # dan: unbiased (i != j pairs) | biased (all pairs)
+  c.adapt.kernel_mul = 2.0         # dan: Gaussian bandwidths b * kernel_mul^(k - kernel_num // 2),
+  c.adapt.kernel_num = 5           #   k < kernel_num, b the mean squared distance in the batch
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -50,8 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9           # sgd only; 0 disables it
   c.optim.nesterov = False
   c.optim.weight_decay = 0.0
-  c.optim.schedule = "constant"    # constant | cosine | warmup_cosine
+  c.optim.schedule = "constant"    # constant | cosine | warmup_cosine | dann
   c.optim.warmup_steps = 0
+  c.optim.decay_alpha = 10.0       # "dann": lr / (1 + alpha p)^beta
+  c.optim.decay_beta = 0.75
   c.optim.grad_clip_norm = 0.0     # 0 disables clipping
 
   c.checkpoint = ml_collections.ConfigDict()

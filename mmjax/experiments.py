@@ -18,6 +18,8 @@ import time
 
 from absl import logging
 
+from mmjax.config import load_module
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,11 @@ class Cell:
 
 def slug(text: str) -> str:
   return re.sub(r"[^a-z0-9]+", "_", text.lower().replace("→", "_to_")).strip("_")
+
+
+def load_config_module(config: str):
+  """The module of a config file given relative to the repository (for its sweep())."""
+  return load_module(REPO / config)
 
 
 def grid(settings, seeds, overrides=()):

@@ -15,6 +15,8 @@ from mmjax import experiments
 
 PROTOCOLS = {
     "fixed": "fixed hyperparameters from the paper, last checkpoint (no model selection)",
+    "fixed_ours": "fixed hyperparameters set once before the runs, not tuned on any target data; "
+                  "last checkpoint",
     "source_val": "hyperparameters chosen on a held-out source validation set",
     "reverse_val": "hyperparameters chosen by reverse validation (Ganin et al. 2016, §5.1.2)",
     "oracle": "hyperparameters chosen on target test labels (target oracle; an upper bound)",
@@ -34,6 +36,7 @@ class TableSpec:
   published_source: str = ""
   extra_metrics: dict = dataclasses.field(default_factory=dict)  # label -> "<eval>/<number>"
   notes: str = ""
+  mean_column: bool = False         # add a "mean" column per row: the mean over the columns
 
 
 def _value(results: dict, metric: str) -> float:
@@ -64,7 +67,23 @@ def collect(root, cells, spec: TableSpec) -> list:
           **{label: float(np.mean([_value(r, m) for r in runs])) if runs else float("nan")
              for label, m in spec.extra_metrics.items()},
       })
+  if spec.mean_column:
+    records += [_mean_over_columns(spec, row, [r for r in records if r["row"] == row])
+                for row in spec.rows]
   return records
+
+
+def _mean_over_columns(spec, row, recs) -> dict:
+  """The row's mean over columns of its per-column means (std: over columns, not seeds)."""
+  means = np.array([r["mean"] for r in recs])
+  published = [r["published"] for r in recs]
+  mean = float(means.mean())
+  pub = float(np.mean(published)) if all(p is not None for p in published) else None
+  return {"column": "mean", "row": row, "n": min(r["n"] for r in recs), "mean": mean,
+          "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0, "published": pub,
+          "diff": mean - pub if pub is not None and not np.isnan(mean) else None,
+          "wall_time_s": float(sum(r["wall_time_s"] for r in recs)),
+          **{label: float(np.mean([r[label] for r in recs])) for label in spec.extra_metrics}}
 
 
 def caption(spec: TableSpec, records, seeds_asked: int) -> str:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mmjax import config as config_lib
-from mmjax import models
+from mmjax import methods, models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
@@ -72,8 +72,11 @@ def test_every_config_builds(path):
   for arg in args:
     cfg = config_lib.load(f"{path}:{arg}" if arg else str(path))
     json.loads(cfg.to_json_best_effort())
-    model = models.build_model(cfg.model, cfg.dtype)
-    assert model.num_classes == cfg.model.num_classes
+    method = methods.get_method(cfg.method)
+    assert method.streams(cfg)
+    model = method.build_model(cfg)
+    backbone = getattr(model, "backbone", model)
+    assert backbone.num_classes == cfg.model.num_classes
 
 
 def test_unknown_model_field_is_named():

@@ -61,7 +61,8 @@ def test_sharded_update_matches_hand_written_sgd(mode):
   model, method = LeNet(), methods.get_method("supervised")
   tx = optim.make_optimizer(_optim(), 10)
   part = steps.Partitioner(mode)
-  update = part.compile_update(steps.make_update(method, model, tx, "batch" if mode == "pmap" else None))
+  update = part.compile_update(steps.make_update(method.loss_fn, model, tx, 10,
+                                                 "batch" if mode == "pmap" else None))
   state = _init(model, tx)
   ref_params, ref_losses = _reference_sgd(model, state.params, [_batch(32, s) for s in range(3)],
                                           0.05, 0.9)
@@ -71,7 +72,7 @@ def test_sharded_update_matches_hand_written_sgd(mode):
   rng = jax.random.PRNGKey(1)
   losses = []
   for s in range(3):
-    b = _batch(32, s)
+    b = {"train": _batch(32, s)}
     if mode == "pmap":
       state, m = update(state, part.pmap_batch(b), rng)
       losses.append(float(m["loss"][0]))
@@ -91,9 +92,9 @@ def test_freeze_keeps_matching_params_fixed():
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
   tx = optim.make_optimizer(_optim(weight_decay=1e-3), 10, params=params, freeze="^(conv|fc)")
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  update = jax.jit(steps.make_update(method, model, tx))
-  new, _ = update(state, _batch(16), jax.random.PRNGKey(0))
-  new, _ = update(new, _batch(16, 1), jax.random.PRNGKey(0))
+  update = jax.jit(steps.make_update(method.loss_fn, model, tx, 10))
+  new, _ = update(state, {"train": _batch(16)}, jax.random.PRNGKey(0))
+  new, _ = update(new, {"train": _batch(16, 1)}, jax.random.PRNGKey(0))
   before, after = optim.param_paths(params), optim.param_paths(new.params)
   for path in before:
     same = np.array_equal(np.asarray(before[path]), np.asarray(after[path]))

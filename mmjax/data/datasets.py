@@ -1,40 +1,77 @@
 """The datasets mmjax knows, as prepared tfds datasets, loaded in one common form.
 
 The common form makes MNIST and USPS two domains of one task: uint8 images [N, 28, 28, 1]
-(0 background, 255 full ink) and int32 labels [N].
+(0 background, 255 full ink) and int32 labels [N]. The domains of a feature-vector family (Amazon
+reviews, Office-Caltech10) share float32 "features" [N, D] instead of images.
 """
+import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from mmjax.data import amazon
 from mmjax.data import mnist
+from mmjax.data import office_caltech
 from mmjax.data import paths
 from mmjax.data import tf_runtime
 from mmjax.data import usps
 
 IMAGE_SIZE = 28
-BUILDERS = {"mnist": mnist.MmjaxMnist, "usps": usps.MmjaxUsps}
 SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Where a dataset name comes from and how it becomes the common form.
+
+  A family of domains shares one tfds builder, one config per domain, and one raw folder.
+  `train_only`: the builder has only split "train", the whole domain, which load_split also returns
+  for "test" (Office-Caltech10: domain adaptation uses each domain whole).
+  """
+  builder_cls: type[tfds.core.DatasetBuilder]
+  raw_folder: str  # under the data directory
+  common_form: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+  config: str | None = None
+  train_only: bool = False
+
+
+def _images_and_labels(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {"image": resize_images(arrays["image"], IMAGE_SIZE), "label": arrays["label"].astype(np.int32)}
+
+
+BUILDERS = {
+    "mnist": DatasetSpec(mnist.MmjaxMnist, "mnist", _images_and_labels),
+    "usps": DatasetSpec(usps.MmjaxUsps, "usps", _images_and_labels),
+    **{f"amazon_{domain}": DatasetSpec(amazon.MmjaxAmazonReviews, amazon.RAW_FOLDER,
+                                       amazon.features_and_labels, config=domain)
+       for domain in amazon.DOMAINS},
+    **{f"office_{domain}": DatasetSpec(office_caltech.MmjaxOfficeCaltech10, office_caltech.RAW_FOLDER,
+                                       office_caltech.features_and_labels, config=domain,
+                                       train_only=True)
+       for domain in office_caltech.DOMAINS},
+}
 
 
 def get_builder(name: str, *, data_dir: str | os.PathLike | None = None,
                 tfds_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
   """Returns the tfds builder of dataset `name`, prepared in the tfds directory.
 
-  Preparing (once per tfds directory) reads the raw files from `<data dir>/<name>/`, downloading
-  missing ones; it raises MissingDataError when they cannot be had.
+  Preparing (once per tfds directory) reads the raw files from `<data dir>/<raw folder>/` (the dataset
+  name, or its family's folder, e.g. amazon_reviews_dann/), downloading missing ones; it raises
+  MissingDataError when they cannot be had.
   """
   tf_runtime.keep_tf_on_cpu()
-  builder_cls = BUILDERS.get(name)
-  if builder_cls is None:
-    raise ValueError(f"Unknown dataset {name!r}; valid names are {sorted(BUILDERS)}.")
-  builder = builder_cls(raw_dir=paths.resolve_data_dir(data_dir) / name,
-                        data_dir=os.fspath(paths.resolve_tfds_dir(tfds_dir)))
+  spec = BUILDERS.get(name)
+  if spec is None:
+    raise ValueError(f"Unknown dataset {name!r}; valid names are {list(BUILDERS)}.")
+  builder = spec.builder_cls(raw_dir=paths.resolve_data_dir(data_dir) / spec.raw_folder,
+                             data_dir=os.fspath(paths.resolve_tfds_dir(tfds_dir)), config=spec.config)
   if not builder.is_prepared():
     _prepare(builder)
   return builder
@@ -53,17 +90,20 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
                tfds_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
   """Reads a whole split into memory in the common form, in the raw files' order.
 
-  Returns {"image": uint8 [N, 28, 28, 1], "label": int32 [N]}.
+  Returns {"image": uint8 [N, 28, 28, 1], "label": int32 [N]} for the digit datasets, and
+  {"features": float32 [N, D], "label": int32 [N]} for the feature-vector ones: amazon_* the term
+  counts (D = 5000, label 1 positive), office_* the GFK-normalised SURF histograms (D = 800), whose
+  "train" and "test" are both the whole domain.
   """
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r} of dataset {name!r}; valid splits are {list(SPLITS)}.")
   builder = get_builder(name, data_dir=data_dir, tfds_dir=tfds_dir)
+  spec = BUILDERS[name]
   start = time.perf_counter()
-  arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  arrays = tfds.as_numpy(builder.as_dataset(split="train" if spec.train_only else split, batch_size=-1))
   logging.info("Read %s/%s (%d examples) in %.1f s", name, split, len(arrays["label"]),
                time.perf_counter() - start)
-  return {"image": resize_images(arrays["image"], IMAGE_SIZE),
-          "label": arrays["label"].astype(np.int32)}
+  return spec.common_form(arrays)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:

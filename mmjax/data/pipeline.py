@@ -13,15 +13,19 @@ from mmjax.data import tf_runtime
 
 
 def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
-  if "image" not in arrays or "label" not in arrays:
-    raise ValueError(f"Expected arrays with 'image' and 'label', got keys {sorted(arrays)}.")
-  if arrays["image"].dtype != np.uint8:
+  if "label" not in arrays or not {"image", "features"} & set(arrays):
+    raise ValueError(f"Expected arrays with 'label' and 'image' or 'features', "
+                     f"got keys {sorted(arrays)}.")
+  if "image" in arrays and arrays["image"].dtype != np.uint8:
     raise ValueError(f"Expected uint8 images (0..255), got {arrays['image'].dtype}; "
+                     "pass arrays from load_split.")
+  if "features" in arrays and arrays["features"].dtype != np.float32:
+    raise ValueError(f"Expected float32 features, got {arrays['features'].dtype}; "
                      "pass arrays from load_split.")
   lengths = {key: len(value) for key, value in arrays.items()}
   if len(set(lengths.values())) != 1:
     raise ValueError(f"All arrays must have the same number of examples, got {lengths}.")
-  return lengths["image"]
+  return lengths["label"]
 
 
 def _rows_per_process(global_batch: int, process_index: int, process_count: int) -> int:
@@ -38,6 +42,8 @@ def _rows_per_process(global_batch: int, process_index: int, process_count: int)
 
 class TrainIterator:
   """Endless training batches of this process: {"image": float32 in [0, 1], "label": int32, ...}.
+
+  uint8 "image" is scaled to [0, 1]; other arrays but "label" (e.g. float32 "features") pass unchanged.
 
   `position` counts the global-stream examples consumed, so a run resumes exactly by building a new
   iterator with the position saved in its checkpoint.
@@ -91,7 +97,8 @@ def _global_index_stream(num_examples: int, seed: int, position: int) -> tf.data
 
 def _gather(tensors: dict[str, tf.Tensor], indices: tf.Tensor) -> dict[str, tf.Tensor]:
   batch = {key: tf.gather(value, indices) for key, value in tensors.items()}
-  batch["image"] = tf.cast(batch["image"], tf.float32) / 255.0
+  if "image" in batch:
+    batch["image"] = tf.cast(batch["image"], tf.float32) / 255.0
   batch["label"] = tf.cast(batch["label"], tf.int32)
   return batch
 
@@ -111,7 +118,8 @@ def eval_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, process
     batch = {key: value[np.where(real, indices, 0)] for key, value in arrays.items()}
     for value in batch.values():
       value[~real] = 0
-    batch["image"] = batch["image"].astype(np.float32) / 255.0
+    if "image" in batch:
+      batch["image"] = batch["image"].astype(np.float32) / 255.0
     batch["label"] = batch["label"].astype(np.int32)
     batch["mask"] = real.astype(np.float32)
     yield batch

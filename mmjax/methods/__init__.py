@@ -1,7 +1,13 @@
-"""Training methods: config.method -> a loss of (params, batch, rng) that the engine differentiates."""
-from mmjax.methods import supervised
+"""Training methods: config.method -> a module with the method's parts.
 
-METHODS = {"supervised": supervised}
+Each has `streams(config)` (the named training inputs it reads), `build_model(config)`,
+`make_loss(config)` -> loss(model, params, batch, rng, progress) -> (loss, metrics) that the engine
+differentiates (batch maps stream names to batches; progress is step / train.steps), and
+`eval_fn` / `summarize_eval` for the eval sets.
+"""
+from mmjax.methods import cdan, dan, dann, supervised
+
+METHODS = {"supervised": supervised, "dann": dann, "cdan": cdan, "cdan_e": cdan, "dan": dan}
 
 
 def get_method(name: str):

@@ -4,8 +4,9 @@ import dataclasses
 import jax.numpy as jnp
 
 from mmjax.models.lenet import LeNet  # noqa: F401 (re-exported)
+from mmjax.models.mlp import MLP  # noqa: F401 (re-exported)
 
-MODELS = {"lenet": LeNet}
+MODELS = {"lenet": LeNet, "mlp": MLP}
 
 
 def build_model(model_config, dtype: str = "float32"):
@@ -19,6 +20,9 @@ def build_model(model_config, dtype: str = "float32"):
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ValueError(f"model {name!r} has no field(s) {unknown}; its fields are {sorted(fields)}")
+  for key, value in kwargs.items():  # ConfigDict stores sequences as lists; modules want tuples
+    if isinstance(value, list):
+      kwargs[key] = tuple(value)
   if "dtype" in fields:
     kwargs["dtype"] = jnp.dtype(dtype)
   return cls(**kwargs)

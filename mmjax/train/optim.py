@@ -17,7 +17,11 @@ def schedule(optim, steps: int):
     return optax.cosine_decay_schedule(optim.lr, steps)
   if optim.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, optim.lr, optim.warmup_steps, steps)
-  raise ValueError(f"unknown optim.schedule {optim.schedule!r}; use constant, cosine or warmup_cosine")
+  if optim.schedule == "dann":
+    # mu_p = mu_0 / (1 + alpha p)^beta, p = step / steps (Ganin et al. 2016, §5.2.2)
+    return lambda step: optim.lr / (1.0 + optim.decay_alpha * step / steps) ** optim.decay_beta
+  raise ValueError(f"unknown optim.schedule {optim.schedule!r}; "
+                   "use constant, cosine, warmup_cosine or dann")
 
 
 def _base(optim, lr):

@@ -21,13 +21,14 @@ class TrainState:
   opt_state: optax.OptState
 
 
-def make_update(method, model, tx, axis_name=None):
+def make_update(loss_fn, model, tx, total_steps: int, axis_name=None):
   """update(state, batch, rng) -> (state, metrics), with the rng folded with the step number."""
 
   def update(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
-    loss_fn = functools.partial(method.loss_fn, model)
-    grads, metrics = jax.grad(loss_fn, argnums=0, has_aux=True)(state.params, batch, rng)
+    progress = state.step.astype(jnp.float32) / total_steps
+    loss = functools.partial(loss_fn, model)
+    grads, metrics = jax.grad(loss, argnums=0, has_aux=True)(state.params, batch, rng, progress)
     if axis_name is not None:
       grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -86,10 +87,10 @@ class Partitioner:
       raise ValueError(f"{what}={global_batch} must be divisible by the number of devices "
                        f"({jax.device_count()})")
 
-  def global_batch(self, local: dict):
-    """This process's rows of the global batch -> global arrays sharded over the mesh."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
-            for k, v in local.items()}
+  def global_batch(self, local):
+    """This process's rows of the global batch (a tree of arrays) -> global arrays on the mesh."""
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(self.batch_sharding, v),
+                        local)
 
   # pmap mode: state copied on each local device, batch split [devices, per-device rows, ...].
   def to_pmap_state(self, tree):
@@ -102,9 +103,9 @@ class Partitioner:
     first = jax.tree.map(lambda x: x[0], jax.device_get(tree))
     return jax.jit(lambda t: t, out_shardings=self.replicated)(first)
 
-  def pmap_batch(self, local: dict):
+  def pmap_batch(self, local):
     n = jax.local_device_count()
-    return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in local.items()}
+    return jax.tree.map(lambda v: v.reshape((n, v.shape[0] // n) + v.shape[1:]), local)
 
   def compile_update(self, update_fn):
     if self.mode == "pmap":

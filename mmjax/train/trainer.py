@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 import mmjax
 from mmjax import config as config_lib
 from mmjax import data as data_lib
-from mmjax import methods, models
+from mmjax import methods
 from mmjax.train import checkpoint, optim, steps, transfer, writers
 
 
@@ -69,9 +69,9 @@ def _load_eval_sets(config):
           for name, ev in config.evals.items()}
 
 
-def evaluate(method, model, params, eval_sets, partitioner, batch_size):
+def evaluate(method, config, model, params, eval_sets, partitioner, batch_size):
   """Full passes over every eval set; returns {name: {accuracy, loss, n}}."""
-  eval_step = jax.jit(functools.partial(method.eval_fn, model),
+  eval_step = jax.jit(functools.partial(method.make_eval(config), model),
                       in_shardings=(partitioner.replicated, partitioner.batch_sharding),
                       out_shardings=partitioner.replicated)
   results = {}
@@ -121,13 +121,19 @@ def train_and_evaluate(config, workdir) -> dict:
   partitioner.check_batch(config.data.global_batch, "config.data.global_batch")
   eval_batch = -(-config.eval_batch // jax.device_count()) * jax.device_count()
   method = methods.get_method(config.method)
-  model = models.build_model(config.model, config.dtype)
+  model = method.build_model(config)
 
-  # Input. Only the arrays are loaded here; the iterator starts at the restored position below.
-  train_arrays = data_lib.load_split(config.data.train, config.data.train_split,
-                                     data_dir=config.data.dir, tfds_dir=config.data.tfds_dir)
+  # Input: the method's named training streams. Only arrays are loaded here; the iterators start
+  # at the restored positions below.
+  stream_arrays = {name: data_lib.load_split(dataset, split, data_dir=config.data.dir,
+                                             tfds_dir=config.data.tfds_dir)
+                   for name, (dataset, split) in method.streams(config).items()}
   eval_sets = _load_eval_sets(config)
-  example = jnp.zeros((1,) + train_arrays["image"].shape[1:], jnp.float32)
+  first = next(iter(stream_arrays.values()))
+  if config.data.input_key not in first:
+    raise ValueError(f"config.data.input_key={config.data.input_key!r} is not in the training "
+                     f"data; it has {sorted(first)}")
+  example = jnp.zeros((1,) + first[config.data.input_key].shape[1:], jnp.float32)
 
   # Model and optimizer state, then the newest checkpoint if there is one.
   tx_fn = functools.partial(optim.make_optimizer, config.optim, config.train.steps,
@@ -139,24 +145,29 @@ def train_and_evaluate(config, workdir) -> dict:
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           {"state": state, "rng": rng})
   restored = ckpt.restore_latest(abstract)
-  position, wall_before = 0, 0.0
+  positions, wall_before = {}, 0.0
   if restored is not None:
     tree, meta = restored
     state, rng = tree["state"], tree["rng"]
-    position, wall_before = meta["data_position"], meta["wall_time_s"]
+    positions, wall_before = meta["data_position"], meta["wall_time_s"]
+    if isinstance(positions, int):  # checkpoints of single-stream runs before named streams
+      positions = {next(iter(stream_arrays)): positions}
     logging.info("resumed from %s at step %d", ckpt.directory / str(meta["step"]), meta["step"])
   start_step = int(jax.device_get(state.step))
 
-  train_iter = data_lib.TrainIterator(
-      train_arrays, global_batch=config.data.global_batch, seed=config.seed, position=position,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  # Each stream has its own order: seed + 7919 * index keeps them apart and reproducible.
+  iterators = {name: data_lib.TrainIterator(
+      arrays, global_batch=config.data.global_batch, seed=config.seed + 7919 * i,
+      position=positions.get(name, 0), process_index=jax.process_index(),
+      process_count=jax.process_count()) for i, (name, arrays) in enumerate(stream_arrays.items())}
 
-  update = partitioner.compile_update(steps.make_update(method, model, tx,
-                                                        "batch" if config.parallel == "pmap" else None))
-  batch_shape = {"image": jax.ShapeDtypeStruct(
-                     (config.data.global_batch,) + train_arrays["image"].shape[1:], jnp.float32),
-                 "label": jax.ShapeDtypeStruct((config.data.global_batch,), jnp.int32)}
-  metrics_shape = jax.eval_shape(steps.make_update(method, model, tx), state, batch_shape, rng)[1]
+  loss_fn = method.make_loss(config)
+  update = partitioner.compile_update(steps.make_update(
+      loss_fn, model, tx, config.train.steps, "batch" if config.parallel == "pmap" else None))
+  batch_shape = {name: _batch_spec(arrays, config.data.global_batch)
+                 for name, arrays in stream_arrays.items()}
+  metrics_shape = jax.eval_shape(steps.make_update(loss_fn, model, tx, config.train.steps),
+                                 state, batch_shape, rng)[1]
   accumulate = jax.jit(steps.accumulate, out_shardings=partitioner.replicated, donate_argnums=0)
   new_totals = jax.jit(lambda: steps.empty_totals(metrics_shape),
                        out_shardings=partitioner.replicated)
@@ -168,7 +179,7 @@ def train_and_evaluate(config, workdir) -> dict:
   def save(step):
     host_state = partitioner.from_pmap_state(state) if config.parallel == "pmap" else state
     ckpt.save(step, {"state": host_state, "rng": rng},
-              {"step": step, "data_position": train_iter.position,
+              {"step": step, "data_position": {n: it.position for n, it in iterators.items()},
                "global_batch": config.data.global_batch,
                "wall_time_s": wall_before + time.time() - start_time})
 
@@ -187,7 +198,7 @@ def train_and_evaluate(config, workdir) -> dict:
   window = steps.DispatchWindow()
   try:
     for step in range(start_step + 1, config.train.steps + 1):
-      local = next(train_iter)
+      local = {name: next(it) for name, it in iterators.items()}
       if config.parallel == "pmap":
         state, metrics = update(state, partitioner.pmap_batch(local), rng)
         metrics = jax.tree.map(lambda x: x[0], metrics)
@@ -205,7 +216,7 @@ def train_and_evaluate(config, workdir) -> dict:
         totals = new_totals()
       if config.eval_every and step % config.eval_every == 0 and not last:
         params = (partitioner.from_pmap_state(state) if config.parallel == "pmap" else state).params
-        ev = evaluate(method, model, params, eval_sets, partitioner, eval_batch)
+        ev = evaluate(method, config, model, params, eval_sets, partitioner, eval_batch)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
       if step % config.checkpoint.every == 0 or last:
         check_finite(step)
@@ -217,7 +228,7 @@ def train_and_evaluate(config, workdir) -> dict:
                         step, ckpt.directory)
         return {"preempted": True, "step": step}
     params = (partitioner.from_pmap_state(state) if config.parallel == "pmap" else state).params
-    final = evaluate(method, model, params, eval_sets, partitioner, eval_batch)
+    final = evaluate(method, config, model, params, eval_sets, partitioner, eval_batch)
     out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
   finally:
     preemption.restore()
@@ -239,6 +250,14 @@ def train_and_evaluate(config, workdir) -> dict:
     writers.write_json_atomic(workdir / "results.json", results)
   logging.info("final evaluation: %s", final)
   return results
+
+
+def _batch_spec(arrays, global_batch):
+  """Shapes and dtypes of the global batches the input pipeline makes from these arrays."""
+  def spec(key, value):
+    dtype = {"label": jnp.int32, "image": jnp.float32, "features": jnp.float32}.get(key, value.dtype)
+    return jax.ShapeDtypeStruct((global_batch,) + value.shape[1:], dtype)
+  return {key: spec(key, value) for key, value in arrays.items()}
 
 
 def _last_train_row(workdir: pathlib.Path) -> dict:

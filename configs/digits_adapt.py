@@ -1,0 +1,34 @@
+"""Digits, LeNet, unsupervised domain adaptation: DANN, CDAN, CDAN+E and DAN (MK-MMD).
+
+The digits config with the unlabelled target train split as a second stream (batches of 128 source
++ 128 target) and the DANN paper's annealed learning rate (Ganin et al. 2016, §5.2.2).
+Args: <method>/<pair>, method in dann | cdan | cdan_e | dan, pair in mnist_usps | usps_mnist
+(e.g. configs/digits_adapt.py:dann/mnist_usps).
+"""
+import pathlib
+
+from mmjax.config import load_module
+
+digits = load_module(pathlib.Path(__file__).with_name("digits.py"))
+METHODS = ("dann", "cdan", "cdan_e", "dan")
+PAIRS = ("mnist_usps", "usps_mnist")
+ARGS = tuple(f"{m}/{p}" for m in METHODS for p in PAIRS)
+
+
+def get_config(arg=None):
+  arg = arg or "dann/mnist_usps"
+  if arg not in ARGS:
+    raise ValueError(f"unknown digits_adapt arg {arg!r}; use one of {', '.join(ARGS)}")
+  method, pair = arg.split("/")
+  c = digits.get_config(pair)
+  c.method = method
+  c.data.target = c.evals.target_test.dataset
+  c.optim.schedule = "dann"
+  c.adapt.gamma = 10.0
+  c.adapt.domain_hidden = 1024
+  c.adapt.domain_layers = 2
+  return c
+
+
+def sweep():
+  return [{"arg": arg} for arg in ARGS]

@@ -1,0 +1,52 @@
+"""The body every `experiments/<table>.py` shares: flags, run the grid, write the table and plots.
+
+A table script declares its TableSpec, its settings (row, column, config spec per cell, usually from
+a config's sweep()) and its --quick overrides, then calls `main(...)`.
+"""
+import pathlib
+
+from absl import flags, logging
+
+from mmjax import experiments, logs, plots, tables
+
+flags.DEFINE_string("workdir", None, "root of the cells' workdirs")
+flags.DEFINE_integer("seeds", 5, "seeds per cell")
+flags.DEFINE_bool("quick", False, "tiny scale (a few steps, one seed) to check the whole path")
+flags.DEFINE_integer("parallel", 1, "cells run at once")
+flags.DEFINE_string("out", None, "where the table and plots go "
+                    "(default docs/results, or <workdir>/tables with --quick)")
+FLAGS = flags.FLAGS
+
+
+def settings_from_sweep(config: str, labels: dict) -> list:
+  """Cells' settings from `config`'s sweep(): labels maps each arg to its (row, column)."""
+  sweep = experiments.load_config_module(config).sweep()
+  return [{"row": labels[s["arg"]][0], "column": labels[s["arg"]][1],
+           "config": f"{config}:{s['arg']}"} for s in sweep if s["arg"] in labels]
+
+
+def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_note: str) -> int:
+  """Runs the unfinished cells, writes <name>.md/.tex/.csv and the figures; 1 if a cell failed."""
+  if not FLAGS.workdir:
+    raise SystemExit("--workdir is required")
+  logs.setup()
+  seeds = range(1 if FLAGS.quick else FLAGS.seeds)
+  cells = experiments.grid(settings, seeds, quick_overrides if FLAGS.quick else ())
+  root = pathlib.Path(FLAGS.workdir)
+  status = experiments.Runner(root, FLAGS.parallel).run(cells)
+  if FLAGS.quick:
+    spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
+  records = tables.collect(root, cells, spec)
+  default_out = root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"
+  out = pathlib.Path(FLAGS.out or default_out)
+  paths = tables.write_all(out, spec, records, len(seeds))
+  paths["curves"] = plots.learning_curves(root, cells, spec, "train/loss", out / f"{spec.name}_curves")
+  paths["metric_curves"] = plots.learning_curves(root, cells, spec, spec.metric,
+                                                 out / f"{spec.name}_metric_curves")
+  paths["bars"] = plots.bars(spec, records, out / f"{spec.name}_bars")
+  print(paths["md"].read_text())
+  failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
+  for key, why in failed.items():
+    logging.error("cell %s: %s", key, why)
+  logging.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+  return 1 if failed else 0
