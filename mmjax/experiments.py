@@ -47,10 +47,11 @@ def load_config_module(config: str):
 
 
 def grid(settings, seeds, overrides=()):
-  """Cells for every (row, column, config) setting times every seed."""
+  """Cells for every (row, column, config) setting times every seed, seed by seed: a run cut short
+  still gives every row and column, with fewer seeds."""
   return [Cell(row=s["row"], column=s["column"], seed=seed, config=s["config"],
                overrides=tuple(overrides) + tuple(s.get("overrides", ())))
-          for s in settings for seed in seeds]
+          for seed in seeds for s in settings]
 
 
 def cell_dir(root: pathlib.Path, cell: Cell) -> pathlib.Path:
