@@ -46,7 +46,8 @@ def learning_curves(root, cells, spec, metric: str, path_stem) -> list:
 
 def bars(spec, records, path_stem) -> list:
   """Grouped bars (rows within columns) with ± std error bars; published numbers as black ticks."""
-  fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(spec.columns) * max(1, len(spec.rows)) / 2, 3.6))
+  width_in = min(12.0, 1.2 + 0.8 * len(spec.columns) * max(1, len(spec.rows)))
+  fig, ax = plt.subplots(figsize=(width_in, 3.6))
   width = 0.8 / max(1, len(spec.rows))
   for i, row in enumerate(spec.rows):
     recs = [next(r for r in records if r["row"] == row and r["column"] == c) for c in spec.columns]

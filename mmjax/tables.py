@@ -74,16 +74,20 @@ def collect(root, cells, spec: TableSpec) -> list:
 
 
 def _mean_over_columns(spec, row, recs) -> dict:
-  """The row's mean over columns of its per-column means (std: over columns, not seeds)."""
-  means = np.array([r["mean"] for r in recs])
-  published = [r["published"] for r in recs]
-  mean = float(means.mean())
-  pub = float(np.mean(published)) if all(p is not None for p in published) else None
-  return {"column": "mean", "row": row, "n": min(r["n"] for r in recs), "mean": mean,
+  """The row's mean over the columns that ran of their per-column means, beside the published mean
+  over the same columns (std: over columns, not seeds)."""
+  ran = [r for r in recs if r["n"]]
+  label = "mean" if len(ran) == len(recs) else f"mean of {len(ran)}/{len(recs)}"
+  means = np.array([r["mean"] for r in ran])
+  published = [r["published"] for r in ran]
+  mean = float(means.mean()) if ran else float("nan")
+  pub = float(np.mean(published)) if ran and all(p is not None for p in published) else None
+  return {"column": label, "row": row, "n": min((r["n"] for r in ran), default=0), "mean": mean,
           "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0, "published": pub,
-          "diff": mean - pub if pub is not None and not np.isnan(mean) else None,
+          "diff": mean - pub if pub is not None else None,
           "wall_time_s": float(sum(r["wall_time_s"] for r in recs)),
-          **{label: float(np.mean([r[label] for r in recs])) for label in spec.extra_metrics}}
+          **{label_: float(np.mean([r[label_] for r in ran])) if ran else float("nan")
+             for label_ in spec.extra_metrics}}
 
 
 def caption(spec: TableSpec, records, seeds_asked: int) -> str:
@@ -93,6 +97,8 @@ def caption(spec: TableSpec, records, seeds_asked: int) -> str:
           f" (of {seeds_asked} asked). Model selection: {PROTOCOLS[spec.protocol]}.")
   if spec.published_source:
     text += f" Published: {spec.published_source}; Δ = ours − published."
+  if spec.mean_column:
+    text += " The mean rows average the per-column means; their ± is the std over columns."
   if spec.notes:
     text += " " + spec.notes
   return text

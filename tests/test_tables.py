@@ -49,6 +49,16 @@ def test_collect_gives_mean_std_n_and_difference(tmp_path):
   assert b["n"] == 0 and b["published"] is None and b["diff"] is None
 
 
+def test_mean_column_averages_the_columns_that_ran(tmp_path):
+  spec = tables.TableSpec(**{**vars(SPEC), "columns": ["X→Y", "Y→X"], "mean_column": True,
+                             "published": {("a", "X→Y"): 0.5, ("a", "Y→X"): 0.7}})
+  cells = _fake_cells(tmp_path, [0.6, 0.8])
+  recs = tables.collect(tmp_path, cells, spec)
+  mean_a = next(r for r in recs if r["row"] == "a" and r["column"].startswith("mean"))
+  assert mean_a["column"] == "mean of 1/2" and mean_a["n"] == 2
+  np.testing.assert_allclose([mean_a["mean"], mean_a["published"]], [0.7, 0.5])
+
+
 def test_formats_carry_the_same_numbers(tmp_path):
   cells = _fake_cells(tmp_path, [0.6, 0.7])
   recs = tables.collect(tmp_path, cells, SPEC)
@@ -104,3 +114,17 @@ def test_quick_digits_table_survives_kill_9_and_fills_its_rows(tmp_path):
   assert "QUICK CHECK" in md and "| MNIST→USPS | source only |" in md
   for name in ("digits.tex", "digits_bars.png", "digits_bars.pdf", "digits_curves.png"):
     assert (tmp_path / "tables" / name).stat().st_size > 0
+
+
+def test_quick_amazon_table_has_every_row_and_the_mean(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  out = subprocess.run([sys.executable, str(REPO / "experiments/amazon_table.py"),
+                        f"--workdir={tmp_path}", "--quick"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = list(csv.DictReader((tmp_path / "tables/amazon.csv").open()))
+  ran = [r for r in rows if r["n"] == "1"]
+  assert {(r["column"], r["row"]) for r in ran} >= {
+      ("B→D", "DANN"), ("K→B", "NN (source only)"), ("mean of 4/12", "DANN")}
+  for r in ran:
+    assert 0.0 <= float(r["mean"]) <= 1.0 and r["published"] != ""
