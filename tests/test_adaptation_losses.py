@@ -9,6 +9,7 @@ import pytest
 
 from mmjax import config as config_lib
 from mmjax import methods
+from mmjax.methods import dann
 from mmjax.losses import gaussian_kernels, mk_mmd
 from mmjax.models import LeNet
 from mmjax.models.conditional import (ConditionalAdversarialNet, multilinear_map,
@@ -178,7 +179,7 @@ def test_cdan_gradients_are_class_minus_lambda_times_domain(method, randomized):
   batch = _batch()
   params = model.init(jax.random.PRNGKey(0), batch["source"]["image"])["params"]
   progress = 0.3
-  lam = float(cdan.reversal_strength(progress))
+  lam = float(dann.reversal_strength(progress))
   total = jax.grad(lambda p: cdan.make_loss(cfg)(model, p, batch, jax.random.PRNGKey(1),
                                                  progress)[0])(params)
   images = jnp.concatenate([batch["source"]["image"], batch["target"]["image"]])

@@ -7,10 +7,9 @@ w = 1 + exp(-H(g)) (eq. 9), so confident predictions count more.
 """
 import jax
 import jax.numpy as jnp
-import optax
 
 from mmjax import models
-from mmjax.methods.dann import reversal_strength, streams  # noqa: F401 (same inputs)
+from mmjax.methods.dann import make_adversarial_loss, streams  # noqa: F401 (same inputs)
 from mmjax.methods.supervised import make_eval, summarize_eval  # noqa: F401 (same evaluation)
 from mmjax.models.conditional import ConditionalAdversarialNet
 
@@ -50,29 +49,4 @@ def make_loss(config):
   if entropy and config.parallel == "pmap" and jax.device_count() > 1:
     raise ValueError("method 'cdan_e' normalises its weights over the global batch; "
                      "config.parallel='pmap' would normalise per device. Use parallel='jit'.")
-  gamma, key = config.adapt.gamma, config.data.input_key
-  lambda_max = config.adapt.lambda_max
-
-  def loss_fn(model, params, batch, rng, progress):
-    source, target = batch["source"], batch["target"]
-    n = source[key].shape[0]
-    images = jnp.concatenate([source[key], target[key]])
-    lam = lambda_max * reversal_strength(progress, gamma)
-    out = model.apply({"params": params}, images, train=True, reversal=lam,
-                      rngs={"dropout": rng})
-    logits = out["logits"][:n]
-    class_loss = optax.softmax_cross_entropy_with_integer_labels(logits, source["label"]).mean()
-    domain = jnp.concatenate([jnp.zeros(n), jnp.ones(images.shape[0] - n)])
-    bce = optax.sigmoid_binary_cross_entropy(out["domain_logits"], domain)
-    if entropy:
-      domain_loss = jnp.sum(entropy_weights(out["logits"], n) * bce)
-    else:
-      domain_loss = jnp.mean(bce)
-    loss = class_loss + domain_loss
-    return loss, {
-        "loss": loss, "class_loss": class_loss, "domain_loss": domain_loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == source["label"]),
-        "domain_accuracy": jnp.mean((out["domain_logits"] > 0) == (domain > 0.5)),
-        "lambda": lam,
-    }
-  return loss_fn
+  return make_adversarial_loss(config, entropy_weights if entropy else None)

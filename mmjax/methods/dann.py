@@ -34,6 +34,12 @@ def reversal_strength(progress, gamma: float = 10.0):
 
 
 def make_loss(config):
+  return make_adversarial_loss(config)
+
+
+def make_adversarial_loss(config, domain_weights=None):
+  """Source cross-entropy + domain loss behind the reversal; CDAN reuses it with its model and,
+  for CDAN+E, per-example domain weights `domain_weights(logits, num_source)` summing to 1."""
   gamma, key = config.adapt.gamma, config.data.input_key
   lambda_max = config.adapt.lambda_max
 
@@ -47,7 +53,11 @@ def make_loss(config):
     logits = out["logits"][:n]
     class_loss = optax.softmax_cross_entropy_with_integer_labels(logits, source["label"]).mean()
     domain = jnp.concatenate([jnp.zeros(n), jnp.ones(images.shape[0] - n)])
-    domain_loss = optax.sigmoid_binary_cross_entropy(out["domain_logits"], domain).mean()
+    bce = optax.sigmoid_binary_cross_entropy(out["domain_logits"], domain)
+    if domain_weights is None:
+      domain_loss = jnp.mean(bce)
+    else:
+      domain_loss = jnp.sum(domain_weights(out["logits"], n) * bce)
     loss = class_loss + domain_loss
     return loss, {
         "loss": loss, "class_loss": class_loss, "domain_loss": domain_loss,
