@@ -6,6 +6,7 @@ so batches may straddle epochs, and process p of P takes rows [p*B/P, (p+1)*B/P)
 """
 from collections.abc import Iterator, Mapping
 
+import jax
 import numpy as np
 import tensorflow as tf
 
@@ -101,6 +102,14 @@ def _gather(tensors: dict[str, tf.Tensor], indices: tf.Tensor) -> dict[str, tf.T
     batch["image"] = tf.cast(batch["image"], tf.float32) / 255.0
   batch["label"] = tf.cast(batch["label"], tf.int32)
   return batch
+
+
+def batch_spec(arrays: Mapping[str, np.ndarray], global_batch: int) -> dict:
+  """Shapes and dtypes of the global batches TrainIterator makes from these arrays (see _gather)."""
+  def spec(key, value):
+    dtype = {"label": np.int32, "image": np.float32}.get(key, value.dtype)
+    return jax.ShapeDtypeStruct((global_batch,) + value.shape[1:], dtype)
+  return {key: spec(key, value) for key, value in arrays.items()}
 
 
 def eval_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, process_index: int = 0,

@@ -150,8 +150,6 @@ def train_and_evaluate(config, workdir) -> dict:
     tree, meta = restored
     state, rng = tree["state"], tree["rng"]
     positions, wall_before = meta["data_position"], meta["wall_time_s"]
-    if isinstance(positions, int):  # checkpoints of single-stream runs before named streams
-      positions = {next(iter(stream_arrays)): positions}
     logging.info("resumed from %s at step %d", ckpt.directory / str(meta["step"]), meta["step"])
   start_step = int(jax.device_get(state.step))
 
@@ -164,7 +162,7 @@ def train_and_evaluate(config, workdir) -> dict:
   loss_fn = method.make_loss(config)
   update = partitioner.compile_update(steps.make_update(
       loss_fn, model, tx, config.train.steps, "batch" if config.parallel == "pmap" else None))
-  batch_shape = {name: _batch_spec(arrays, config.data.global_batch)
+  batch_shape = {name: data_lib.batch_spec(arrays, config.data.global_batch)
                  for name, arrays in stream_arrays.items()}
   metrics_shape = jax.eval_shape(steps.make_update(loss_fn, model, tx, config.train.steps),
                                  state, batch_shape, rng)[1]
@@ -176,9 +174,12 @@ def train_and_evaluate(config, workdir) -> dict:
   out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
   preemption = _Preemption()
 
+  def mesh_state():
+    """The state as replicated arrays on the mesh, whichever mode holds it."""
+    return partitioner.from_pmap_state(state) if config.parallel == "pmap" else state
+
   def save(step):
-    host_state = partitioner.from_pmap_state(state) if config.parallel == "pmap" else state
-    ckpt.save(step, {"state": host_state, "rng": rng},
+    ckpt.save(step, {"state": mesh_state(), "rng": rng},
               {"step": step, "data_position": {n: it.position for n, it in iterators.items()},
                "global_batch": config.data.global_batch,
                "wall_time_s": wall_before + time.time() - start_time})
@@ -215,7 +216,7 @@ def train_and_evaluate(config, workdir) -> dict:
         out.scalars(step, values)
         totals = new_totals()
       if config.eval_every and step % config.eval_every == 0 and not last:
-        params = (partitioner.from_pmap_state(state) if config.parallel == "pmap" else state).params
+        params = mesh_state().params
         ev = evaluate(method, config, model, params, eval_sets, partitioner, eval_batch)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
       if step % config.checkpoint.every == 0 or last:
@@ -227,7 +228,7 @@ def train_and_evaluate(config, workdir) -> dict:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
         return {"preempted": True, "step": step}
-    params = (partitioner.from_pmap_state(state) if config.parallel == "pmap" else state).params
+    params = mesh_state().params
     final = evaluate(method, config, model, params, eval_sets, partitioner, eval_batch)
     out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
   finally:
@@ -250,14 +251,6 @@ def train_and_evaluate(config, workdir) -> dict:
     writers.write_json_atomic(workdir / "results.json", results)
   logging.info("final evaluation: %s", final)
   return results
-
-
-def _batch_spec(arrays, global_batch):
-  """Shapes and dtypes of the global batches the input pipeline makes from these arrays."""
-  def spec(key, value):
-    dtype = {"label": jnp.int32, "image": jnp.float32, "features": jnp.float32}.get(key, value.dtype)
-    return jax.ShapeDtypeStruct((global_batch,) + value.shape[1:], dtype)
-  return {key: spec(key, value) for key, value in arrays.items()}
 
 
 def _last_train_row(workdir: pathlib.Path) -> dict:
