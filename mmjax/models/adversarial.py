@@ -27,6 +27,17 @@ def _reverse_bwd(coeff, g):
 reverse_gradient.defvjp(_reverse_fwd, _reverse_bwd)
 
 
+def domain_classifier(h, hidden: int, layers: int, dtype):
+  """`layers` ReLU layers of `hidden` units, then one logit per example (target vs source).
+
+  Called inside a parent's compact __call__, so its layers (domain_fc1.., domain_head) are the
+  parent's params.
+  """
+  for i in range(layers):
+    h = nn.relu(nn.Dense(hidden, dtype=dtype, name=f"domain_fc{i + 1}")(h))
+  return nn.Dense(1, dtype=dtype, name="domain_head")(h)[:, 0].astype(jnp.float32)
+
+
 class DomainAdversarialNet(nn.Module):
   """A backbone that returns `features` and `logits`, plus a domain classifier behind a reversal.
 
@@ -41,8 +52,5 @@ class DomainAdversarialNet(nn.Module):
   def __call__(self, x, train: bool = False, reversal: float = 0.0):
     out = dict(self.backbone(x, train=train))
     h = reverse_gradient(out["features"], jnp.asarray(reversal, jnp.float32))
-    for i in range(self.domain_layers):
-      h = nn.relu(nn.Dense(self.domain_hidden, dtype=self.dtype, name=f"domain_fc{i + 1}")(h))
-    out["domain_logits"] = nn.Dense(1, dtype=self.dtype, name="domain_head")(h)[:, 0].astype(
-        jnp.float32)
+    out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype)
     return out

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.adversarial import reverse_gradient
+from mmjax.models.adversarial import domain_classifier, reverse_gradient
 
 
 def multilinear_map(f, g):
@@ -56,8 +56,5 @@ class ConditionalAdversarialNet(nn.Module):
     else:
       h = multilinear_map(f, g)
     h = reverse_gradient(h, jnp.asarray(reversal, jnp.float32))
-    for i in range(self.domain_layers):
-      h = nn.relu(nn.Dense(self.domain_hidden, dtype=self.dtype, name=f"domain_fc{i + 1}")(h))
-    out["domain_logits"] = nn.Dense(1, dtype=self.dtype, name="domain_head")(h)[:, 0].astype(
-        jnp.float32)
+    out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype)
     return out
