@@ -14,15 +14,16 @@ from mmjax.data import tf_runtime
 
 
 def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
-  if "label" not in arrays or not {"image", "features"} & set(arrays):
-    raise ValueError(f"Expected arrays with 'label' and 'image' or 'features', "
-                     f"got keys {sorted(arrays)}.")
+  if "label" not in arrays or len(arrays) < 2:
+    raise ValueError(f"Expected arrays with 'label' and at least one input (e.g. 'image', "
+                     f"'features'), got keys {sorted(arrays)}.")
   if "image" in arrays and arrays["image"].dtype != np.uint8:
     raise ValueError(f"Expected uint8 images (0..255), got {arrays['image'].dtype}; "
                      "pass arrays from load_split.")
-  if "features" in arrays and arrays["features"].dtype != np.float32:
-    raise ValueError(f"Expected float32 features, got {arrays['features'].dtype}; "
-                     "pass arrays from load_split.")
+  for key, value in arrays.items():
+    if key != "label" and value.dtype not in (np.uint8, np.float32, np.int32, np.bool_):
+      raise ValueError(f"Array {key!r} has dtype {value.dtype}; inputs are uint8 (scaled to [0, 1]), "
+                       "float32, int32 or bool. Pass arrays from load_split.")
   lengths = {key: len(value) for key, value in arrays.items()}
   if len(set(lengths.values())) != 1:
     raise ValueError(f"All arrays must have the same number of examples, got {lengths}.")
@@ -44,7 +45,8 @@ def _rows_per_process(global_batch: int, process_index: int, process_count: int)
 class TrainIterator:
   """Endless training batches of this process: {"image": float32 in [0, 1], "label": int32, ...}.
 
-  uint8 "image" is scaled to [0, 1]; other arrays but "label" (e.g. float32 "features") pass unchanged.
+  Every uint8 array (images, spectrograms) is scaled to float32 in [0, 1]; other arrays but "label"
+  (float32 "features", int32 tokens, bool masks) pass unchanged.
 
   `position` counts the global-stream examples consumed, so a run resumes exactly by building a new
   iterator with the position saved in its checkpoint.
@@ -98,8 +100,9 @@ def _global_index_stream(num_examples: int, seed: int, position: int) -> tf.data
 
 def _gather(tensors: dict[str, tf.Tensor], indices: tf.Tensor) -> dict[str, tf.Tensor]:
   batch = {key: tf.gather(value, indices) for key, value in tensors.items()}
-  if "image" in batch:
-    batch["image"] = tf.cast(batch["image"], tf.float32) / 255.0
+  for key, value in batch.items():
+    if value.dtype == tf.uint8:
+      batch[key] = tf.cast(value, tf.float32) / 255.0
   batch["label"] = tf.cast(batch["label"], tf.int32)
   return batch
 
@@ -107,7 +110,7 @@ def _gather(tensors: dict[str, tf.Tensor], indices: tf.Tensor) -> dict[str, tf.T
 def batch_spec(arrays: Mapping[str, np.ndarray], global_batch: int) -> dict:
   """Shapes and dtypes of the global batches TrainIterator makes from these arrays (see _gather)."""
   def spec(key, value):
-    dtype = {"label": np.int32, "image": np.float32}.get(key, value.dtype)
+    dtype = np.int32 if key == "label" else np.float32 if value.dtype == np.uint8 else value.dtype
     return jax.ShapeDtypeStruct((global_batch,) + value.shape[1:], dtype)
   return {key: spec(key, value) for key, value in arrays.items()}
 
@@ -125,10 +128,10 @@ def eval_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, process
     indices = np.arange(rows) + batch_start + process_index * rows
     real = indices < num_examples
     batch = {key: value[np.where(real, indices, 0)] for key, value in arrays.items()}
-    for value in batch.values():
+    for key, value in batch.items():
       value[~real] = 0
-    if "image" in batch:
-      batch["image"] = batch["image"].astype(np.float32) / 255.0
+      if value.dtype == np.uint8:
+        batch[key] = value.astype(np.float32) / 255.0
     batch["label"] = batch["label"].astype(np.int32)
     batch["mask"] = real.astype(np.float32)
     yield batch

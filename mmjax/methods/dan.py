@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from mmjax import models
+from mmjax.methods import inputs
 from mmjax.losses.mmd import ESTIMATORS, mk_mmd
 from mmjax.methods.dann import streams  # noqa: F401 (same inputs)
 from mmjax.methods.supervised import make_eval, summarize_eval  # noqa: F401 (same evaluation)
@@ -38,8 +39,9 @@ def make_loss(config):
   def loss_fn(model, params, batch, rng, progress):
     del progress
     source, target = batch["source"], batch["target"]
-    n = source[key].shape[0]
-    images = jnp.concatenate([source[key], target[key]])
+    source_inputs = inputs.model_inputs(source, key)
+    n = inputs.batch_size(source_inputs)
+    images = inputs.concat_inputs(source_inputs, inputs.model_inputs(target, key))
     out = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
     logits = out["logits"][:n]
     class_loss = optax.softmax_cross_entropy_with_integer_labels(logits, source["label"]).mean()

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from mmjax import models
+from mmjax.methods import inputs
 from mmjax.methods.supervised import make_eval, summarize_eval  # noqa: F401 (same evaluation)
 from mmjax.models.adversarial import DomainAdversarialNet
 
@@ -45,14 +46,15 @@ def make_adversarial_loss(config, domain_weights=None):
 
   def loss_fn(model, params, batch, rng, progress):
     source, target = batch["source"], batch["target"]
-    n = source[key].shape[0]
-    images = jnp.concatenate([source[key], target[key]])
+    source_inputs = inputs.model_inputs(source, key)
+    n = inputs.batch_size(source_inputs)
+    images = inputs.concat_inputs(source_inputs, inputs.model_inputs(target, key))
     lam = lambda_max * reversal_strength(progress, gamma)
     out = model.apply({"params": params}, images, train=True, reversal=lam,
                       rngs={"dropout": rng})
     logits = out["logits"][:n]
     class_loss = optax.softmax_cross_entropy_with_integer_labels(logits, source["label"]).mean()
-    domain = jnp.concatenate([jnp.zeros(n), jnp.ones(images.shape[0] - n)])
+    domain = jnp.concatenate([jnp.zeros(n), jnp.ones(inputs.batch_size(images) - n)])
     bce = optax.sigmoid_binary_cross_entropy(out["domain_logits"], domain)
     if domain_weights is None:
       domain_loss = jnp.mean(bce)

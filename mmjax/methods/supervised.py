@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import optax
 
 from mmjax import models
+from mmjax.methods.inputs import model_inputs
 
 
 def streams(config) -> dict:
@@ -28,7 +29,7 @@ def loss_fn(model, params, batch, rng, progress, input_key="image"):
   """Mean softmax cross-entropy over the global batch; returns (loss, metrics)."""
   del progress
   batch = batch["train"]
-  out = model.apply({"params": params}, batch[input_key], train=True, rngs={"dropout": rng})
+  out = model.apply({"params": params}, model_inputs(batch, input_key), train=True, rngs={"dropout": rng})
   logits = out["logits"]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
@@ -37,7 +38,7 @@ def loss_fn(model, params, batch, rng, progress, input_key="image"):
 
 def eval_fn(model, params, batch, input_key="image"):
   """Sums over the real (mask = 1) examples of an eval batch: correct, loss, count."""
-  logits = model.apply({"params": params}, batch[input_key], train=False)["logits"]
+  logits = model.apply({"params": params}, model_inputs(batch, input_key), train=False)["logits"]
   mask = batch["mask"]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

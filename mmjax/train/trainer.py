@@ -19,6 +19,7 @@ import mmjax
 from mmjax import config as config_lib
 from mmjax import data as data_lib
 from mmjax import methods
+from mmjax.methods.inputs import example_inputs
 from mmjax.train import checkpoint, optim, steps, transfer, writers
 
 
@@ -129,11 +130,7 @@ def train_and_evaluate(config, workdir) -> dict:
                                              tfds_dir=config.data.tfds_dir)
                    for name, (dataset, split) in method.streams(config).items()}
   eval_sets = _load_eval_sets(config)
-  first = next(iter(stream_arrays.values()))
-  if config.data.input_key not in first:
-    raise ValueError(f"config.data.input_key={config.data.input_key!r} is not in the training "
-                     f"data; it has {sorted(first)}")
-  example = jnp.zeros((1,) + first[config.data.input_key].shape[1:], jnp.float32)
+  example = example_inputs(next(iter(stream_arrays.values())), config.data.input_key)
 
   # Model and optimizer state, then the newest checkpoint if there is one.
   tx_fn = functools.partial(optim.make_optimizer, config.optim, config.train.steps,
