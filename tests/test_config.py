@@ -1,6 +1,7 @@
 """Configs: loading path:arg, overrides, unknown keys, and every config in configs/ building."""
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -85,3 +86,21 @@ def test_unknown_model_field_is_named():
     cfg.model.hiden = 3
   with pytest.raises(ValueError, match="hiden"):
     models.build_model(cfg.model)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, False), ({"SLURM_NTASKS": "1"}, False), ({"SLURM_NTASKS": "4"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "t1v-0"}, False), ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, True)])
+def test_launch_detects_slurm_and_tpu_pods(env, expected):
+  """launch.py calls jax.distributed.initialize() by itself in a multi-task SLURM job or a TPU pod."""
+  clean = {k: v for k, v in os.environ.items()
+           if k not in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")}
+  out = subprocess.run([sys.executable, "-c", "import launch; print(launch.auto_multiprocess())"],
+                       cwd=REPO, env={**clean, **env}, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == str(expected)
+
+
+@pytest.mark.parametrize("script", ["scripts/slurm.sbatch", "scripts/tpu_pod.sh"])
+def test_launch_scripts_parse_and_pass_the_config_to_launch_py(script):
+  subprocess.run(["bash", "-n", str(REPO / script)], check=True)
+  assert "launch.py --config=" in (REPO / script).read_text()

@@ -6,6 +6,7 @@ real kill, go through launch.py in subprocesses.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -223,3 +224,36 @@ def test_two_processes_match_one_process(reference, tmp_path):
   # A checkpoint written by 2 processes restores in 1 process (with another device count).
   out = launch(tmp_path, devices=1, overrides={"train.steps": "35"})
   assert "resumed from" in out and results(tmp_path)["step"] == 35
+
+
+def _launch_processes(workdir, count, overrides=None):
+  port = _free_port()
+  procs = [launch(workdir, devices=1, wait=False, overrides=overrides,
+                  extra=[f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
+                         f"--process_id={i}"]) for i in range(count)]
+  outs = []
+  for p in procs:
+    out, _ = p.communicate(timeout=400)
+    assert p.returncode == 0, out[-3000:]
+    outs.append(out)
+  return outs
+
+
+def test_four_processes_match_one_and_checkpoints_move_between_process_counts(reference, tmp_path):
+  """4 processes x 1 device == 1 process x 4 devices; checkpoints restore across 4 <-> 1 processes."""
+  four = tmp_path / "four"
+  _launch_processes(four, 4)
+  assert results(four)["processes"] == 4
+  np.testing.assert_allclose([curve(four)[s] for s in sorted(curve(four))],
+                             [curve(reference)[s] for s in sorted(curve(reference))], rtol=2e-5)
+  # Written by 4 processes, continued in 1; written by 1 (the reference), continued in 4.
+  longer = {"train.steps": "35"}
+  out = launch(four, devices=1, overrides=longer)
+  assert "resumed from" in out and results(four)["step"] == 35
+  one = tmp_path / "one"
+  shutil.copytree(reference, one)
+  outs = _launch_processes(one, 4, overrides=longer)
+  assert "resumed from" in outs[0] and results(one)["processes"] == 4
+  assert curve(one)[35] == pytest.approx(curve(four)[35], rel=2e-5)
+  assert (results(one)["eval"]["target_test"]["accuracy"]
+          == pytest.approx(results(four)["eval"]["target_test"]["accuracy"], abs=1e-6))
