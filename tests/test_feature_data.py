@@ -228,8 +228,8 @@ def test_pipeline_gives_the_loaded_rows_unchanged(name, split, tfds_dir):
 
 
 def test_pipeline_rejects_arrays_it_cannot_batch():
-  with pytest.raises(ValueError, match="'image' or 'features'"):
+  with pytest.raises(ValueError, match="at least one input"):
     data.TrainIterator({"label": np.arange(N)}, global_batch=4, seed=0)
   float64 = {"features": np.zeros((N, 3)), "label": np.arange(N)}
-  with pytest.raises(ValueError, match="Expected float32 features, got float64"):
+  with pytest.raises(ValueError, match="'features' has dtype float64"):
     next(data.eval_batches(float64, global_batch=4))

@@ -21,9 +21,9 @@ def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
     raise ValueError(f"Expected uint8 images (0..255), got {arrays['image'].dtype}; "
                      "pass arrays from load_split.")
   for key, value in arrays.items():
-    if key != "label" and value.dtype not in (np.uint8, np.float32, np.int32, np.bool_):
+    if key != "label" and value.dtype not in (np.uint8, np.float32, np.int32, np.int64, np.bool_):
       raise ValueError(f"Array {key!r} has dtype {value.dtype}; inputs are uint8 (scaled to [0, 1]), "
-                       "float32, int32 or bool. Pass arrays from load_split.")
+                       "float32, int32, int64 or bool. Pass arrays from load_split.")
   lengths = {key: len(value) for key, value in arrays.items()}
   if len(set(lengths.values())) != 1:
     raise ValueError(f"All arrays must have the same number of examples, got {lengths}.")
