@@ -11,6 +11,7 @@ from PIL import Image
 from mmjax import data
 from mmjax.data import av_digits
 from mmjax.data import omniglot_strokes
+from mmjax.data import raw_files
 from mmjax.data import sort_of_clevr
 
 # Colours of Sort-of-CLEVR's objects in its COLORS order, written out again here.
@@ -151,6 +152,17 @@ def test_av_digits_counts_recordings_longer_than_a_second(fsdd):
   assert (lengths > 8000).sum() == 20
 
 
+def test_missing_fsdd_says_how_to_make_it_and_downloads_nothing(tmp_path, monkeypatch):
+  opened = []
+  monkeypatch.setattr(raw_files.urllib.request, "urlopen", lambda url, timeout: opened.append(url))
+  with pytest.raises(data.MissingDataError) as error:
+    data.get_builder("av_digits", data_dir=tmp_path / "raw", tfds_dir=tmp_path / "tfds")
+  message = str(error.value)
+  assert str(tmp_path / "raw" / "fsdd") in message and "recordings.tar.gz" in message
+  assert "git archive HEAD recordings" in message and av_digits.RAW_FILE.sha256 in message
+  assert not opened
+
+
 def test_av_digits_pairing_is_deterministic_per_seed():
   rng = np.random.default_rng(0)
   audio_labels, image_labels = rng.integers(0, 10, 300), rng.integers(0, 10, 5000)
@@ -195,7 +207,8 @@ def test_omniglot_strokes_counts_and_faithful_images(tfds_dir, split, count, cha
   np.testing.assert_array_equal(meta["image"][..., 0], np.where(ink, 255, 0))
   resized = np.stack([np.asarray(Image.fromarray(255 * d.astype(np.uint8)).resize((28, 28), Image.BILINEAR))
                       for d in ink[::10]])
-  assert np.abs(resized.astype(int) - arrays["image"][::10, ..., 0]).mean() < 4
+  # Pillow's bilinear resize also widens its filter when it shrinks: the two agree up to rounding.
+  assert np.abs(resized.astype(int) - arrays["image"][::10, ..., 0]).max() <= 1
   pen = arrays["strokes"][..., 2]
   assert set(np.unique(pen)) == {0, 1} and (pen[:, 0] == 1).all()
   other_split = "test" if split == "train" else "train"
@@ -209,5 +222,17 @@ def test_omniglot_strokes_draw_the_image(tfds_dir):
   iou = lambda a, b: (a & b).sum() / (a | b).sum()
   matched = [iou(rasterize(s), img) for s, img in zip(strokes, images)]
   shuffled = [iou(rasterize(s), img) for s, img in zip(strokes, np.roll(images, 1, axis=0))]
-  assert np.median(matched) > 0.6 and min(matched) > 0.3
-  assert np.median(shuffled) < 0.2
+  assert np.median(matched) > 0.85 and min(matched) > 0.6  # measured: 0.91 and 0.77
+  assert np.median(shuffled) < 0.25  # measured: 0.12
+
+
+@pytest.mark.parametrize("name, split", [("sort_of_clevr", "validation"), ("av_digits", "test"),
+                                         ("omniglot_strokes", "test")])
+def test_multimodal_splits_batch_through_the_pipeline(tfds_dir, name, split):
+  arrays = data.load_split(name, split, tfds_dir=None if name == "av_digits" else tfds_dir)
+  batch = next(data.TrainIterator(arrays, global_batch=8, seed=0))
+  for key, values in arrays.items():
+    assert batch[key].shape == (8, *values.shape[1:])
+    expected = np.float32 if values.dtype == np.uint8 else values.dtype
+    assert batch[key].dtype == expected, key
+  assert 0 <= batch["image"].min() and batch["image"].max() <= 1 and batch["image"].max() > 0.5

@@ -124,9 +124,14 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   Returns {"image": uint8 [N, 28, 28, 1], "label": int32 [N]} for the digit datasets, and
   {"features": float32 [N, D], "label": int32 [N]} for the feature-vector ones: amazon_* the term
   counts (D = 5000, label 1 positive), office_* the GFK-normalised SURF histograms (D = 800), whose
-  "train" and "test" are both the whole domain. The multimodal datasets' forms are documented by
-  their modules' `common_form`: sort_of_clevr (splits "train", "validation"), av_digits and
-  av_digits_da_{source,target}, omniglot_strokes.
+  "train" and "test" are both the whole domain. The multimodal ones (their modules say more):
+  sort_of_clevr, splits "train" and "validation", one example per image: "image" uint8
+    [N, 75, 75, 3], "question" float32 [N, 20, 11], "label" int32 [N, 20] (sort_of_clevr.ANSWERS
+    indices), "relational" int32 [N, 20];
+  av_digits, av_digits_da_source, av_digits_da_target: "image" uint8 [N, 28, 28, 1], "audio"
+    float32 [N, 8000] (1 s at 8 kHz in [-1, 1]), "label" int32 [N] digit, "speaker" int32 [N];
+  omniglot_strokes: "image" uint8 [N, 28, 28, 1], "strokes" float32 [N, 64, 3] (dx, dy, pen_lift),
+    "label" int32 [N] character index within the split, "drawing" int32 [N] unique drawing id.
   """
   spec = _spec(name)
   if split not in spec.splits:
