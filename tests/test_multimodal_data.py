@@ -2,6 +2,7 @@
 import io
 import tarfile
 import wave
+import zipfile
 
 import numpy as np
 import pytest
@@ -224,6 +225,14 @@ def test_omniglot_strokes_draw_the_image(tfds_dir):
   shuffled = [iou(rasterize(s), img) for s, img in zip(strokes, np.roll(images, 1, axis=0))]
   assert np.median(matched) > 0.85 and min(matched) > 0.6  # measured: 0.91 and 0.77
   assert np.median(shuffled) < 0.25  # measured: 0.12
+  # One pen lift per stroke: per drawing, as many as the stroke file has BREAKs.
+  breaks = {}
+  with zipfile.ZipFile(data.resolve_data_dir() / "omniglot" / "strokes_background_small2.zip") as archive:
+    for member in archive.namelist():
+      if member.endswith(".txt") and "__MACOSX" not in member:
+        character, drawer = member.split("/")[-1][:-4].split("_")
+        breaks[(int(character) - 1) * 20 + int(drawer) - 1] = archive.read(member).split().count(b"BREAK")
+  np.testing.assert_array_equal(meta["strokes"][..., 2].sum(1), [breaks[d] for d in meta["drawing"]])
 
 
 @pytest.mark.parametrize("name, split", [("sort_of_clevr", "validation"), ("av_digits", "test"),

@@ -125,7 +125,8 @@ def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _free_center(rng: np.random.Generator, placed: np.ndarray) -> np.ndarray:
-  # The reference's range of centres, so that every object lies inside the image.
+  # The reference's range of centres, so that every object lies inside the image. The 5 placed
+  # objects rule out at most 5 * 21^2 of the 65^2 centres, so a free one always exists.
   while True:
     center = rng.integers(OBJECT_SIZE, IMAGE_SIZE - OBJECT_SIZE, 2)
     if not len(placed) or np.abs(placed - center).max(axis=1).min() > 2 * OBJECT_SIZE:
