@@ -2,9 +2,12 @@
 
 The common form makes MNIST and USPS two domains of one task: uint8 images [N, 28, 28, 1]
 (0 background, 255 full ink) and int32 labels [N]. The domains of a feature-vector family (Amazon
-reviews, Office-Caltech10) share float32 "features" [N, D] instead of images.
+reviews, Office-Caltech10) share float32 "features" [N, D] instead of images. The multimodal
+datasets (Sort-of-CLEVR, audio-visual digits, Omniglot image + strokes) add their other modalities
+as float32 arrays beside uint8 images.
 """
 import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -16,9 +19,12 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from mmjax.data import amazon
+from mmjax.data import av_digits
 from mmjax.data import mnist
 from mmjax.data import office_caltech
+from mmjax.data import omniglot_strokes
 from mmjax.data import paths
+from mmjax.data import sort_of_clevr
 from mmjax.data import tf_runtime
 from mmjax.data import usps
 
@@ -33,16 +39,24 @@ class DatasetSpec:
   A family of domains shares one tfds builder, one config per domain, and one raw folder.
   `train_only`: the builder has only split "train", the whole domain, which load_split also returns
   for "test" (Office-Caltech10: domain adaptation uses each domain whole).
+  `reads_datasets`: the builder pairs its examples with those of other datasets, which it reads
+  through a `load_split` argument (audio-visual digits: FSDD recordings with MNIST or USPS images).
   """
   builder_cls: type[tfds.core.DatasetBuilder]
   raw_folder: str  # under the data directory
   common_form: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
   config: str | None = None
   train_only: bool = False
+  splits: tuple[str, ...] = SPLITS
+  reads_datasets: bool = False
 
 
 def _images_and_labels(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {"image": resize_images(arrays["image"], IMAGE_SIZE), "label": arrays["label"].astype(np.int32)}
+
+
+def _omniglot_strokes_form(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {**omniglot_strokes.common_form(arrays), "image": resize_images(arrays["image"], IMAGE_SIZE)}
 
 
 BUILDERS = {
@@ -55,7 +69,22 @@ BUILDERS = {
                                        office_caltech.features_and_labels, config=domain,
                                        train_only=True)
        for domain in office_caltech.DOMAINS},
+    "sort_of_clevr": DatasetSpec(sort_of_clevr.MmjaxSortOfClevr, "sort_of_clevr",
+                                 sort_of_clevr.common_form, splits=tuple(sort_of_clevr.SPLIT_SIZES)),
+    **{name: DatasetSpec(av_digits.MmjaxAvDigits, av_digits.RAW_FOLDER, av_digits.common_form,
+                         config=config, reads_datasets=True)
+       for name, config in (("av_digits", "mnist"), ("av_digits_da_source", "mnist_source"),
+                            ("av_digits_da_target", "usps_target"))},
+    "omniglot_strokes": DatasetSpec(omniglot_strokes.MmjaxOmniglotStrokes, omniglot_strokes.RAW_FOLDER,
+                                    _omniglot_strokes_form),
 }
+
+
+def _spec(name: str) -> DatasetSpec:
+  spec = BUILDERS.get(name)
+  if spec is None:
+    raise ValueError(f"Unknown dataset {name!r}; valid names are {list(BUILDERS)}.")
+  return spec
 
 
 def get_builder(name: str, *, data_dir: str | os.PathLike | None = None,
@@ -64,14 +93,16 @@ def get_builder(name: str, *, data_dir: str | os.PathLike | None = None,
 
   Preparing (once per tfds directory) reads the raw files from `<data dir>/<raw folder>/` (the dataset
   name, or its family's folder, e.g. amazon_reviews_dann/), downloading missing ones; it raises
-  MissingDataError when they cannot be had.
+  MissingDataError when they cannot be had. Sort-of-CLEVR has no raw files: it is generated.
   """
   tf_runtime.keep_tf_on_cpu()
-  spec = BUILDERS.get(name)
-  if spec is None:
-    raise ValueError(f"Unknown dataset {name!r}; valid names are {list(BUILDERS)}.")
+  spec = _spec(name)
+  extra = {}
+  if spec.reads_datasets:
+    extra["load_split"] = functools.partial(load_split, data_dir=data_dir, tfds_dir=tfds_dir)
   builder = spec.builder_cls(raw_dir=paths.resolve_data_dir(data_dir) / spec.raw_folder,
-                             data_dir=os.fspath(paths.resolve_tfds_dir(tfds_dir)), config=spec.config)
+                             data_dir=os.fspath(paths.resolve_tfds_dir(tfds_dir)), config=spec.config,
+                             **extra)
   if not builder.is_prepared():
     _prepare(builder)
   return builder
@@ -93,12 +124,19 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   Returns {"image": uint8 [N, 28, 28, 1], "label": int32 [N]} for the digit datasets, and
   {"features": float32 [N, D], "label": int32 [N]} for the feature-vector ones: amazon_* the term
   counts (D = 5000, label 1 positive), office_* the GFK-normalised SURF histograms (D = 800), whose
-  "train" and "test" are both the whole domain.
+  "train" and "test" are both the whole domain. The multimodal ones (their modules say more):
+  sort_of_clevr, splits "train" and "validation", one example per image: "image" uint8
+    [N, 75, 75, 3], "question" float32 [N, 20, 11], "label" int32 [N, 20] (sort_of_clevr.ANSWERS
+    indices), "relational" int32 [N, 20];
+  av_digits, av_digits_da_source, av_digits_da_target: "image" uint8 [N, 28, 28, 1], "audio"
+    float32 [N, 8000] (1 s at 8 kHz in [-1, 1]), "label" int32 [N] digit, "speaker" int32 [N];
+  omniglot_strokes: "image" uint8 [N, 28, 28, 1], "strokes" float32 [N, 64, 3] (dx, dy, pen_lift),
+    "label" int32 [N] character index within the split, "drawing" int32 [N] unique drawing id.
   """
-  if split not in SPLITS:
-    raise ValueError(f"Unknown split {split!r} of dataset {name!r}; valid splits are {list(SPLITS)}.")
+  spec = _spec(name)
+  if split not in spec.splits:
+    raise ValueError(f"Unknown split {split!r} of dataset {name!r}; valid splits are {list(spec.splits)}.")
   builder = get_builder(name, data_dir=data_dir, tfds_dir=tfds_dir)
-  spec = BUILDERS[name]
   start = time.perf_counter()
   arrays = tfds.as_numpy(builder.as_dataset(split="train" if spec.train_only else split, batch_size=-1))
   logging.info("Read %s/%s (%d examples) in %.1f s", name, split, len(arrays["label"]),

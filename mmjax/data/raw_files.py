@@ -24,10 +24,15 @@ class MissingDataError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class RawFile:
-  """One raw file of a dataset: its name in `<data_dir>/<dataset>/`, public source and sha256."""
+  """One raw file of a dataset: its name in `<data_dir>/<dataset>/`, public source and sha256.
+
+  `url` is None for a file that no server holds byte for byte (one packed from a public repository);
+  then `how_to_make` says how to make it, and it is never downloaded.
+  """
   name: str
-  url: str
+  url: str | None
   sha256: str
+  how_to_make: str = ""
 
 
 def fetch_raw_files(dataset: str, directory: pathlib.Path,
@@ -43,6 +48,8 @@ def fetch_raw_files(dataset: str, directory: pathlib.Path,
     path = directory / raw_file.name
     if path.exists():
       problem = _check_present_file(path, raw_file)
+    elif raw_file.url is None:
+      problem = "missing (it has no download; make it as said below)"
     elif download_failed:
       # The network or the directory already failed once; more attempts would only add timeouts.
       problem = "missing (download not tried: an earlier download failed)"
@@ -113,7 +120,8 @@ def _explain(dataset: str, directory: pathlib.Path, problems: dict[RawFile, str]
   lines = [f"Raw files of dataset {dataset!r} are missing or corrupt in {directory}:"]
   for raw_file, problem in problems.items():
     lines.append(f"  {raw_file.name}: {problem}")
-    lines.append(f"    get it from {raw_file.url} (sha256 {raw_file.sha256})")
+    source = f"get it from {raw_file.url}" if raw_file.url else raw_file.how_to_make
+    lines.append(f"    {source} (sha256 {raw_file.sha256})")
   lines.append(
       f"To fix: put these files in {directory}, or point mmjax at a data directory that holds "
       f"them under {dataset}/ with ${paths.DATA_DIR_ENV}=/path/to/data or config.data.dir.")
