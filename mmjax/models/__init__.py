@@ -3,10 +3,14 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from mmjax.models.dual_encoder import DualEncoder  # noqa: F401 (re-exported)
+from mmjax.models.fusion import FusionTransformer  # noqa: F401 (re-exported)
 from mmjax.models.lenet import LeNet  # noqa: F401 (re-exported)
 from mmjax.models.mlp import MLP  # noqa: F401 (re-exported)
+from mmjax.models.vqa_baseline import CnnMlpVqa  # noqa: F401 (re-exported)
 
-MODELS = {"lenet": LeNet, "mlp": MLP}
+MODELS = {"lenet": LeNet, "mlp": MLP, "fusion_transformer": FusionTransformer,
+          "cnn_mlp_vqa": CnnMlpVqa, "dual_encoder": DualEncoder}
 
 
 def build_model(model_config, dtype: str = "float32"):
