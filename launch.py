@@ -1,5 +1,7 @@
 """Runs one experiment: python launch.py --config=configs/digits.py:mnist_usps --workdir=runs/digits
 
+With no flags it runs the quickstart: a small fusion Transformer on generated Sort-of-CLEVR VQA.
+
 Overrides: --config.train.steps=200 --config.optim.lr=0.01 (unknown keys stop the run at once).
 Several processes: --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or nothing on a
 cloud TPU pod or under SLURM, where jax.distributed finds them itself.
@@ -11,13 +13,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # tf.data's C++ INFO lines d
 
 from absl import app, flags, logging
 
-flags.DEFINE_string("config", None, "config file and arg, e.g. configs/digits.py:mnist_usps")
-flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go")
+QUICKSTART = (f"{os.path.dirname(os.path.abspath(__file__))}/configs/sort_of_clevr.py:quickstart",
+              "runs/quickstart")
+flags.DEFINE_string("config", None, "config file and arg, e.g. configs/digits.py:mnist_usps "
+                    f"(default, with --workdir: the quickstart {QUICKSTART[0]})")
+flags.DEFINE_string("workdir", None, f"where checkpoints, metrics and results go (required with "
+                    f"--config; the quickstart's default is {QUICKSTART[1]})")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for multi-process runs")
 flags.DEFINE_integer("num_processes", None, "number of processes of a multi-process run")
 flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection")
-flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
@@ -47,6 +52,11 @@ def main(argv, overrides):
   from mmjax import config as config_lib
   from mmjax import logs
   logs.setup()
+  if FLAGS.config is None:
+    FLAGS.config, FLAGS.workdir = QUICKSTART[0], FLAGS.workdir or QUICKSTART[1]
+    logging.info("no --config: running the quickstart %s in %s", FLAGS.config, FLAGS.workdir)
+  if FLAGS.workdir is None:
+    sys.exit("--workdir is required with --config")
   try:
     config = config_lib.load_with_overrides(FLAGS.config, overrides)
   except config_lib.ConfigError as e:
@@ -65,7 +75,21 @@ def main(argv, overrides):
                jax.default_backend())
 
   from mmjax import train
-  train.get_trainer(config.trainer)(config, FLAGS.workdir)
+  results = train.get_trainer(config.trainer)(config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(summary(results))
+
+
+def summary(results) -> str:
+  """One line per eval set with its numbers, e.g. 'validation: accuracy 0.812, n 4000'."""
+  if results.get("preempted"):
+    return f"preempted at step {results['step']}; run the same command to resume"
+  lines = [f"finished {results['step']} steps in {results.get('wall_time_s', 0):.0f} s"]
+  for name, values in results.get("eval", {}).items():
+    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                      for k, v in values.items())
+    lines.append(f"  {name}: {shown}")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

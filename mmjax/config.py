@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.adapt.kernel_mul = 2.0         # dan: Gaussian bandwidths b * kernel_mul^(k - kernel_num // 2),
   c.adapt.kernel_num = 5           #   k < kernel_num, b the mean squared distance in the batch
 
+  c.vqa = ml_collections.ConfigDict()  # visual question answering (method vqa)
+  c.vqa.questions_per_image = 1    # training pairs per image and step, drawn without replacement
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.log_every = 50
@@ -187,3 +190,11 @@ def load_with_overrides(spec: str, overrides: dict) -> ml_collections.ConfigDict
 
 def write_json(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
   path.write_text(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True) + "\n")
+
+
+def from_workdir(workdir) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to `workdir/config.json` (lists stand for tuples)."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not an mmjax run's workdir")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))

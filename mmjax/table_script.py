@@ -25,8 +25,13 @@ def settings_from_sweep(config: str, labels: dict) -> list:
            "config": f"{config}:{s['arg']}"} for s in sweep if s["arg"] in labels]
 
 
-def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_note: str) -> int:
-  """Runs the unfinished cells, writes <name>.md/.tex/.csv and the figures; 1 if a cell failed."""
+def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_note: str,
+         conclusion=None) -> int:
+  """Runs the unfinished cells, writes <name>.md/.tex/.csv and the figures; 1 if a cell failed.
+
+  `conclusion(records) -> str`, if given, is computed from the collected records and appended to
+  the table's notes (e.g. how much the best fusion beats the best single modality).
+  """
   if not FLAGS.workdir:
     raise SystemExit("--workdir is required")
   logs.setup()
@@ -37,6 +42,8 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   if FLAGS.quick:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
   records = tables.collect(root, cells, spec)
+  if conclusion is not None:
+    spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {conclusion(records)}".strip()})
   default_out = root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"
   out = pathlib.Path(FLAGS.out or default_out)
   paths = tables.write_all(out, spec, records, len(seeds))

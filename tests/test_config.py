@@ -77,7 +77,9 @@ def test_every_config_builds(path):
     assert method.streams(cfg)
     model = method.build_model(cfg)
     backbone = getattr(model, "backbone", model)
-    assert backbone.num_classes == cfg.model.num_classes
+    for field, value in cfg.model.items():  # every config.model field reaches the module
+      if field != "name":
+        assert getattr(backbone, field) == (tuple(value) if isinstance(value, list) else value)
 
 
 def test_unknown_model_field_is_named():

@@ -176,3 +176,14 @@ def common_form(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {"image": arrays["image"], "question": arrays["question"].astype(np.float32),
           "label": arrays["label"].astype(np.int32),
           "relational": arrays["relational"].astype(np.int32)}
+
+
+def describe_question(bits: np.ndarray) -> str:
+  """The English question an 11-bit encoding stands for, e.g. 'red: shape of the closest object?'."""
+  color = COLORS[int(np.argmax(bits[:NUM_OBJECTS]))]
+  relational = int(np.argmax(bits[_TYPE_BIT:_SUBTYPE_BIT]))
+  subtype = int(np.argmax(bits[_SUBTYPE_BIT:]))
+  texts = (("shape?", "on the left?", "on top?"),
+           ("shape of the closest object?", "shape of the furthest object?",
+            "number of objects of its shape?"))
+  return f"{color}: {texts[relational][subtype]}"

@@ -5,9 +5,10 @@ Each has `streams(config)` (the named training inputs it reads), `build_model(co
 differentiates (batch maps stream names to batches; progress is step / train.steps), and
 `eval_fn` / `summarize_eval` for the eval sets.
 """
-from mmjax.methods import cdan, dan, dann, supervised
+from mmjax.methods import cdan, dan, dann, retrieval, supervised, vqa
 
-METHODS = {"supervised": supervised, "dann": dann, "cdan": cdan, "cdan_e": cdan, "dan": dan}
+METHODS = {"supervised": supervised, "dann": dann, "cdan": cdan, "cdan_e": cdan, "dan": dan,
+           "vqa": vqa, "retrieval": retrieval}
 
 
 def get_method(name: str):

@@ -160,6 +160,8 @@ class FusionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, train: bool = False):
+    if len(self.modalities) == 1 and not isinstance(inputs, dict):  # one modality: its array
+      inputs = {self.modalities[0]: inputs}
     check_modalities(inputs, self.modalities, self.tokenizers)
     if self.fusion not in FUSIONS:
       raise ValueError(f"unknown fusion {self.fusion!r}; use one of {', '.join(FUSIONS)}")

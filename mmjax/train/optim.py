@@ -3,6 +3,7 @@ import re
 
 import flax
 import optax
+from absl import logging
 
 
 def param_paths(params) -> dict:
@@ -16,7 +17,12 @@ def schedule(optim, steps: int):
   if optim.schedule == "cosine":
     return optax.cosine_decay_schedule(optim.lr, steps)
   if optim.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, optim.warmup_steps, steps)
+    # A run shorter than its warmup (a --quick table, a smoke test) warms up over half its steps.
+    warmup = min(optim.warmup_steps, steps // 2)
+    if warmup < optim.warmup_steps:
+      logging.warning("optim.warmup_steps=%d >= half of %d steps: warming up over %d",
+                      optim.warmup_steps, steps, warmup)
+    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, steps)
   if optim.schedule == "dann":
     # mu_p = mu_0 / (1 + alpha p)^beta, p = step / steps (Ganin et al. 2016, §5.2.2)
     return lambda step: optim.lr / (1.0 + optim.decay_alpha * step / steps) ** optim.decay_beta

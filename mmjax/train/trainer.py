@@ -77,15 +77,24 @@ def evaluate(method, config, model, params, eval_sets, partitioner, batch_size):
                       out_shardings=partitioner.replicated)
   results = {}
   window = steps.DispatchWindow()
+  collect = getattr(method, "EVAL_COLLECTS", False)
   for name, arrays in eval_sets.items():
-    sums = None
+    sums, parts = None, []
     for local in data_lib.eval_batches(arrays, global_batch=batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count()):
       out = eval_step(params, partitioner.global_batch(local))
+      if collect:  # per-example outputs of the global batch, replicated: keep the real rows
+        out = jax.device_get(out)
+        parts.append({k: v[out["mask"] > 0] for k, v in out.items() if k != "mask"})
+        continue
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
       window.push(sums)
-    results[name] = method.summarize_eval(jax.device_get(sums))
+    if collect:
+      results[name] = method.summarize_eval(
+          {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    else:
+      results[name] = method.summarize_eval(jax.device_get(sums))
   return results
 
 
@@ -130,7 +139,9 @@ def train_and_evaluate(config, workdir) -> dict:
                                              tfds_dir=config.data.tfds_dir)
                    for name, (dataset, split) in method.streams(config).items()}
   eval_sets = _load_eval_sets(config)
-  example = example_inputs(next(iter(stream_arrays.values())), config.data.input_key)
+  first = next(iter(stream_arrays.values()))
+  example = (method.example_inputs(config, first) if hasattr(method, "example_inputs")
+             else example_inputs(first, config.data.input_key))
 
   # Model and optimizer state, then the newest checkpoint if there is one.
   tx_fn = functools.partial(optim.make_optimizer, config.optim, config.train.steps,
