@@ -159,7 +159,7 @@ def export(workdir, out=None, count: int = 4, step: int = -1) -> list:
     raise ValueError(f"{workdir} trained {config.model.name!r}; attention maps exist for "
                      "model 'fusion_transformer' only")
   model = methods.get_method(config.method).build_model(config)
-  params = checkpoint.read_params(workdir, step)
+  params, _ = checkpoint.read_params(workdir, step)
   inputs, titles, answers = _examples(config, count)
   model_inputs = inputs if len(inputs) > 1 else next(iter(inputs.values()))
   is_tokenizer = lambda module, _: isinstance(module, tokenizers.ModalityTokenizer)  # noqa: E731

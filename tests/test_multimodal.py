@@ -86,3 +86,29 @@ def test_launch_without_config_runs_the_sort_of_clevr_quickstart(tmp_path):
   cfg = json.loads((tmp_path / "config.json").read_text())
   assert cfg["data"]["train"] == "sort_of_clevr" and cfg["method"] == "vqa"
   assert "validation: accuracy" in out.stdout and "relational_accuracy" in out.stdout
+  # The trained quickstart's attention maps: one PNG per (image, question) pair and relation.
+  from mmjax import visualize
+  paths = visualize.export(tmp_path, count=1)
+  assert sorted(p.name for p in paths) == [
+      "example0_0_image_to_question.png", "example0_1_question_to_image.png",
+      "example1_0_image_to_question.png", "example1_1_question_to_image.png"]
+  assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_attention_relations_slice_each_fusion_layout():
+  """Which rows and columns of each sown map belong to which modality (module docstring layouts)."""
+  from mmjax import visualize
+  cfg = config_lib.load(str(REPO / "configs/av_digits.py:bottleneck")).model
+  lengths = {"image": 17, "audio": 41}
+  maps = {f"image_encoder/layer_0/self_attention": 0, "audio_encoder/layer_0/self_attention": 1,
+          "bottleneck/layer_1/image/self_attention": 2, "bottleneck/layer_1/audio/self_attention": 3}
+  rels = {r.title: r for r in visualize.relations(cfg, maps, lengths)}
+  assert rels["bottleneck tokens over audio tokens"].layers == [3]
+  assert rels["bottleneck tokens over audio tokens"].rows == slice(41, 45)  # 4 bottleneck tokens
+  assert rels["image class token over its own tokens"].columns == slice(1, 17)
+  cfg = config_lib.load(str(REPO / "configs/av_digits.py:early")).model
+  rels = {r.title: r for r in visualize.relations(
+      cfg, {f"fusion_encoder/layer_{i}/self_attention": i for i in range(2)}, lengths)}
+  audio_to_image = rels["audio tokens over image tokens (early fusion)"]
+  assert audio_to_image.layers == [0, 1]
+  assert audio_to_image.rows == slice(17, 58) and audio_to_image.columns == slice(1, 17)
