@@ -26,26 +26,24 @@ def _image_question_batch(batch=8, seed=0):
   return inputs, jnp.asarray(rng.integers(0, 4, size=batch))
 
 
-def _train_steps(model, inputs, labels, steps=6, lr=3e-3):
-  """Deterministic (train=False) losses before each of `steps` Adam steps taken with dropout on."""
-  params = jax.jit(model.init)(jax.random.key(0), inputs)["params"]
+def _train_steps(model, params, inputs, labels, steps=6, lr=3e-3):
+  """Softmax cross-entropy losses before each of `steps` Adam steps (no dropout: deterministic)."""
   tx = optax.adam(lr)
-  opt_state = tx.init(params)
 
-  def loss_fn(params, train, rng=None):
-    rngs = {"dropout": rng} if train else None
-    logits = model.apply({"params": params}, inputs, train=train, rngs=rngs)["logits"]
+  def loss_fn(params):
+    logits = model.apply({"params": params}, inputs, train=True)["logits"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   @jax.jit
-  def step(params, opt_state, rng):
-    grads = jax.grad(loss_fn)(params, True, rng)
+  def step(params, opt_state):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss_fn(params, False)
+    return optax.apply_updates(params, updates), opt_state, loss
 
+  opt_state = tx.init(params)
   losses = []
-  for i in range(steps):
-    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
+  for _ in range(steps):
+    params, opt_state, loss = step(params, opt_state)
     losses.append(float(loss))
   return losses
 
@@ -72,7 +70,7 @@ def test_every_fusion_strategy_runs_sows_named_attention_maps_and_trains(fusion)
   inputs, labels = _image_question_batch()
   depth = 2 if fusion == "bottleneck" else 1
   model = FusionTransformer(modalities=("image", "question"), tokenizers=("patch", "vector"),
-                            fusion=fusion, num_classes=4, dropout=0.1, fusion_layer=1,
+                            fusion=fusion, num_classes=4, fusion_layer=1,
                             bottleneck_tokens=3, **{**TINY, "depth": depth})
   variables = jax.jit(model.init)(jax.random.key(0), inputs)
   out, state = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))(
@@ -85,7 +83,7 @@ def test_every_fusion_strategy_runs_sows_named_attention_maps_and_trains(fusion)
   for weights in maps.values():
     assert weights.shape[:2] == (8, 2)
     np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, atol=1e-5)  # no padding here
-  losses = _train_steps(model, inputs, labels)
+  losses = _train_steps(model, variables["params"], inputs, labels)
   assert losses[-1] < 0.9 * losses[0], losses
 
 
@@ -144,8 +142,8 @@ def test_every_tokenizer_feeds_the_fusion_transformer(kind, inputs, num_tokens):
            "vector": jnp.ones((3, 4))}
   model = FusionTransformer(modalities=("x", "vector"), tokenizers=(kind, "vector"), fusion="early",
                             vocab_size=10, **{**TINY, "patch_size": 8})
-  variables = model.init(jax.random.key(0), batch)
-  out, state = model.apply(variables, batch, mutable=["intermediates"])
+  variables = jax.jit(model.init)(jax.random.key(0), batch)
+  out, state = jax.jit(functools.partial(model.apply, mutable=["intermediates"]))(variables, batch)
   assert out["logits"].shape == (3, 10) and bool(jnp.all(jnp.isfinite(out["logits"])))
   weights = state["intermediates"]["fusion_encoder"]["layer_0"]["self_attention"][
       "attention_weights"][0]
@@ -162,12 +160,17 @@ def test_every_tokenizer_feeds_the_fusion_transformer(kind, inputs, num_tokens):
 def test_models_build_from_flat_config_fields_and_reject_bad_ones():
   config = ml_collections.ConfigDict(dict(
       name="fusion_transformer", modalities=["image", "question"], tokenizers=["patch", "vector"],
-      fusion="weighted_sum", num_classes=3, **TINY))
+      fusion="weighted_sum", num_classes=3, dropout=0.5, **TINY))
   model = models.build_model(config, "bfloat16")
   inputs, _ = _image_question_batch(batch=2)
   variables = model.init(jax.random.key(0), inputs)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  assert model.apply(variables, inputs)["logits"].dtype == jnp.float32
+  logits = model.apply(variables, inputs)["logits"]
+  assert logits.dtype == jnp.float32
+  np.testing.assert_array_equal(model.apply(variables, inputs)["logits"], logits)
+  dropped = [model.apply(variables, inputs, train=True, rngs={"dropout": jax.random.key(i)})[
+      "logits"] for i in range(2)]
+  assert np.abs(np.asarray(dropped[0] - dropped[1])).max() > 1e-3  # dropout is on in training
   with pytest.raises(ValueError, match="have no \\['question'\\]"):
     model.apply(variables, {"image": inputs["image"]})
   with pytest.raises(ValueError, match="unknown fusion 'mean'"):
@@ -277,7 +280,9 @@ def test_cnn_mlp_vqa_matches_the_relation_network_baseline_shapes_and_trains():
   assert [params[f"conv{i}"]["kernel"].shape[-1] for i in range(4)] == [24] * 4
   out = model.apply({"params": params}, inputs)
   assert out["logits"].shape == (8, 10) and out["features"].shape == (8, 256)
-  losses = _train_steps(model, inputs, jnp.asarray(rng.integers(0, 10, size=8)), steps=4, lr=1e-3)
+  model = model.clone(dropout=0.0)  # deterministic losses
+  losses = _train_steps(model, params, inputs, jnp.asarray(rng.integers(0, 10, size=8)), steps=4,
+                        lr=1e-3)
   assert losses[-1] < 0.9 * losses[0], losses
   with pytest.raises(ValueError, match="input_key='image,question'"):
     model.apply({"params": params}, inputs["image"])
