@@ -85,10 +85,11 @@ def main(argv):
   labels = {arg: rc for arg, rc in office_table.labels().items() if arg.startswith("dann/")}
   settings = table_script.settings_from_sweep("configs/office.py", labels)
   spec, quick = SPEC, ()
-  if FLAGS.columns or FLAGS.quick:
-    settings = [s for s in settings if s["column"] in (FLAGS.columns or QUICK_COLUMNS)]
+  if FLAGS.quick:
     quick = office_table.QUICK
     spec = dataclasses.replace(SPEC, notes="QUICK CHECK: 100 steps, 1 seed, 2 pairs; not a result.")
+  if FLAGS.columns or FLAGS.quick:
+    settings = [s for s in settings if s["column"] in (FLAGS.columns or QUICK_COLUMNS)]
   seeds = range(1 if FLAGS.quick else FLAGS.seeds)
   root = pathlib.Path(FLAGS.workdir)
   cells = selection.candidate_cells(experiments.grid(settings, seeds, quick), GRID)

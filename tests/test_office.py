@@ -2,14 +2,13 @@
 (source validation, reverse validation, oracle) on a tiny case whose right choice is known."""
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mmjax import config as config_lib
 from mmjax import data, experiments, selection, train
+from mmjax.analysis.report import analyse
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -96,8 +95,7 @@ def test_every_criterion_chooses_the_clean_source_over_shuffled_labels(tmp_path)
 
   # The analysis command on the clean run: PAD and t-SNE of inputs and features.
   workdir = experiments.cell_dir(root, cells[0])
-  subprocess.run([sys.executable, "-m", "mmjax.analysis", f"--workdir={workdir}",
-                  "--max_points=100"], cwd=REPO, check=True, capture_output=True)
+  analyse(workdir, workdir, max_points=100, perplexity=10.0)
   pads = json.loads((workdir / "pad.json").read_text())
   assert pads["source"] == f"{source}/train_fit" and pads["target"] == f"{target}/train"
   assert {"inputs", f"features of {workdir}"} <= set(pads)
