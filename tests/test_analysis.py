@@ -27,6 +27,9 @@ def test_pad_is_near_zero_for_one_distribution_and_two_for_separable_ones():
   partial = pad.proxy_a_distance(a, b + np.r_[1.0, np.zeros(9)])
   # Two unit Gaussians 1 apart: the best linear error is Phi(-1/2) = 0.309, PAD about 0.76.
   assert 0.45 < partial["pad"] < 1.1
+  repeated = pad.repeated_proxy_a_distance(a, b, repeats=3, seed=5)
+  singles = [pad.proxy_a_distance(a, b, seed=s)["pad"] for s in (5, 6, 7)]
+  assert repeated["pads"] == singles and repeated["pad"] == pytest.approx(np.mean(singles))
 
 
 def test_perplexity_calibration_reaches_the_target_entropy():

@@ -59,3 +59,16 @@ def proxy_a_distance(source, target, *, costs=COSTS, seed: int = 0) -> dict:
   best = int(np.argmin(errors))
   return {"pad": 2.0 * (1.0 - 2.0 * errors[best]), "error": errors[best],
           "cost": float(costs[best]), "n_per_domain": n}
+
+
+def repeated_proxy_a_distance(source, target, *, repeats: int = 5, seed: int = 0) -> dict:
+  """PAD over `repeats` random halvings (seeds seed..seed+repeats-1): mean, std and each split's.
+
+  With a few hundred examples per domain one halving's PAD varies by about ±0.1, so a single
+  split (the paper's protocol) cannot tell close representations apart.
+  """
+  runs = [proxy_a_distance(source, target, seed=seed + i) for i in range(repeats)]
+  pads = np.array([r["pad"] for r in runs])
+  return {"pad": float(pads.mean()), "pad_std": float(pads.std(ddof=1)) if repeats > 1 else 0.0,
+          "pads": pads.tolist(), "costs": [r["cost"] for r in runs],
+          "n_per_domain": runs[0]["n_per_domain"]}

@@ -44,10 +44,10 @@ def representations(workdir, baseline, target, max_points, seed):
 
 def plot(maps, names, path):
   fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 4.4), squeeze=False)
-  for ax, (label, (y, n_source, pad_value)) in zip(axes[0], maps.items()):
+  for ax, (label, (y, n_source, pad_text)) in zip(axes[0], maps.items()):
     ax.scatter(*y[:n_source].T, s=4, c="tab:blue", label=f"source {names[0]}")
     ax.scatter(*y[n_source:].T, s=4, c="tab:red", label=f"target {names[1]}")
-    ax.set_title(f"{label}\nPAD {pad_value:.2f}", fontsize=8)
+    ax.set_title(f"{label}\n{pad_text}", fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
   axes[0][0].legend(fontsize=7, markerscale=3, loc="best")
@@ -57,18 +57,20 @@ def plot(maps, names, path):
 
 
 def analyse(workdir, out, *, baseline=None, target=None, max_points=1000, perplexity=30.0,
-            seed=0) -> dict:
+            seed=0, pad_repeats=5) -> dict:
   """Writes out/pad.json and out/tsne.png for the run in `workdir`; returns pad.json's contents."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   reps, names = representations(workdir, baseline, target, max_points, seed)
   results, maps = {"source": names[0], "target": names[1]}, {}
   for label, (source, target_vectors) in reps.items():
-    results[label] = pad.proxy_a_distance(source, target_vectors, seed=seed)
+    r = results[label] = pad.repeated_proxy_a_distance(source, target_vectors,
+                                                        repeats=pad_repeats, seed=seed)
     y, kls = tsne.tsne(np.concatenate([source, target_vectors]), perplexity=perplexity, seed=seed)
-    results[label]["tsne_kl"] = float(kls[-1])
-    maps[label] = (y, len(source), results[label]["pad"])
-    logging.info("%s: PAD %.3f, t-SNE KL %.3f", label, results[label]["pad"], kls[-1])
+    r["tsne_kl"] = float(kls[-1])
+    text = f"PAD {r['pad']:.2f} ± {r['pad_std']:.2f} ({pad_repeats} halvings)"
+    maps[label] = (y, len(source), text)
+    logging.info("%s: PAD %.3f ± %.3f, t-SNE KL %.3f", label, r["pad"], r["pad_std"], kls[-1])
   (out / "pad.json").write_text(json.dumps(results, indent=2) + "\n")
   plot(maps, names, out / "tsne.png")
   logging.info("wrote %s and %s", out / "pad.json", out / "tsne.png")
