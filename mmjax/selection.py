@@ -15,6 +15,7 @@ the best score averaged over seeds. The criteria:
 import collections
 import dataclasses
 import json
+import os
 
 import numpy as np
 from absl import logging
@@ -35,15 +36,22 @@ def candidate_cells(cells, grid: dict) -> list:
 
 def write_pseudo_labels(root, cell) -> str:
   """Labels the finished cell's target examples with its model; writes them (inputs and predicted
-  labels) as <cell dir>/pseudo_labelled_target.npz, a dataset "npz:<path>"; returns that name."""
+  labels) as <cell dir>/pseudo_labelled_target.npz, a dataset "npz:<path>"; returns that name.
+
+  A finished cell never changes, so a file written before is kept.
+  """
   workdir = experiments.cell_dir(root, cell)
+  path = workdir.resolve() / PSEUDO_LABELS
+  if path.is_file():
+    return f"npz:{path}"
   config, model, params = runs.load_run(workdir)
   if not config.data.target:
     raise ValueError(f"{workdir}: reverse validation needs a run with data.target")
   arrays = runs.load_data(config, config.data.target, config.data.target_split)
   logits = runs.apply_model(config, model, params, arrays)["logits"]
-  path = workdir.resolve() / PSEUDO_LABELS
-  np.savez(path, **{**arrays, "label": np.argmax(logits, -1).astype(np.int32)})
+  partial = path.with_name("partial_" + PSEUDO_LABELS)  # renamed when complete: never half a file
+  np.savez(partial, **{**arrays, "label": np.argmax(logits, -1).astype(np.int32)})
+  os.replace(partial, path)
   return f"npz:{path}"
 
 
