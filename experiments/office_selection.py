@@ -52,7 +52,7 @@ def forward_and_reverse(root, cells):
   return reverse, status
 
 
-def table_records(root, cells, reverse) -> tuple[list, dict]:
+def table_records(spec, root, cells, reverse) -> tuple[list, dict]:
   """The rows of every protocol, relabelled into one table, and each criterion's choices."""
   rows, choices = {}, {}
   rows[ROWS["fixed"]] = [c for c in cells if c.tag == FIXED]
@@ -61,10 +61,10 @@ def table_records(root, cells, reverse) -> tuple[list, dict]:
     rows[ROWS[criterion]] = chosen
   records = []
   for label, chosen in rows.items():
-    one_row = dataclasses.replace(SPEC, rows=["DANN"])
+    one_row = dataclasses.replace(spec, rows=["DANN"])
     records += [{**r, "row": label} for r in tables.collect(root, chosen, one_row)]
-  order = {c: i for i, c in enumerate(SPEC.columns)}
-  records.sort(key=lambda r: (order.get(r["column"], len(order)), SPEC.rows.index(r["row"])))
+  order = {c: i for i, c in enumerate(spec.columns)}
+  records.sort(key=lambda r: (order.get(r["column"], len(order)), spec.rows.index(r["row"])))
   return records, choices
 
 
@@ -89,12 +89,15 @@ def main(argv):
     quick = office_table.QUICK
     spec = dataclasses.replace(SPEC, notes="QUICK CHECK: 100 steps, 1 seed, 2 pairs; not a result.")
   if FLAGS.columns or FLAGS.quick:
-    settings = [s for s in settings if s["column"] in (FLAGS.columns or QUICK_COLUMNS)]
+    columns = [c for c in SPEC.columns if c in (FLAGS.columns or QUICK_COLUMNS)]
+    settings = [s for s in settings if s["column"] in columns]
+    spec = dataclasses.replace(spec, columns=columns,
+                               notes=f"{spec.notes} Pairs run: {len(columns)} of the 12.")
   seeds = range(1 if FLAGS.quick else FLAGS.seeds)
   root = pathlib.Path(FLAGS.workdir)
   cells = selection.candidate_cells(experiments.grid(settings, seeds, quick), GRID)
   reverse, status = forward_and_reverse(root, cells)
-  records, choices = table_records(root, cells, reverse)
+  records, choices = table_records(spec, root, cells, reverse)
   out = pathlib.Path(FLAGS.out or (root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"))
   paths = tables.write_all(out, spec, records, len(seeds))
   with paths["md"].open("a") as md:
