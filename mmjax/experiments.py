@@ -31,10 +31,12 @@ class Cell:
   seed: int
   config: str                      # "configs/digits.py:mnist_usps"
   overrides: tuple = ()            # (("train.steps", "100"), ...)
+  tag: str = ""                    # tells apart runs of one (row, column, seed): grid candidates
 
   @property
   def key(self) -> str:
-    return f"{slug(self.row)}/{slug(self.column)}/seed_{self.seed}"
+    tag = f"{slug(self.tag)}/" if self.tag else ""
+    return f"{slug(self.row)}/{slug(self.column)}/{tag}seed_{self.seed}"
 
 
 def slug(text: str) -> str:

@@ -25,13 +25,29 @@ def settings_from_sweep(config: str, labels: dict) -> list:
            "config": f"{config}:{s['arg']}"} for s in sweep if s["arg"] in labels]
 
 
-def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_note: str,
-         conclusion=None) -> int:
-  """Runs the unfinished cells, writes <name>.md/.tex/.csv and the figures; 1 if a cell failed.
+def write_outputs(spec: tables.TableSpec, root, cells, seeds_asked: int, conclusion=None) -> dict:
+  """Writes the table of `cells` (finished ones) and its figures; prints the Markdown; their paths.
 
   `conclusion(records) -> str`, if given, is computed from the collected records and appended to
   the table's notes (e.g. how much the best fusion beats the best single modality).
   """
+  records = tables.collect(root, cells, spec)
+  if conclusion is not None:
+    spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {conclusion(records)}".strip()})
+  default_out = root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"
+  out = pathlib.Path(FLAGS.out or default_out)
+  paths = tables.write_all(out, spec, records, seeds_asked)
+  paths["curves"] = plots.learning_curves(root, cells, spec, "train/loss", out / f"{spec.name}_curves")
+  paths["metric_curves"] = plots.learning_curves(root, cells, spec, spec.metric,
+                                                 out / f"{spec.name}_metric_curves")
+  paths["bars"] = plots.bars(spec, records, out / f"{spec.name}_bars")
+  print(paths["md"].read_text())
+  return paths
+
+
+def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_note: str,
+         conclusion=None) -> int:
+  """Runs the unfinished cells, writes <name>.md/.tex/.csv and the figures; 1 if a cell failed."""
   if not FLAGS.workdir:
     raise SystemExit("--workdir is required")
   logs.setup()
@@ -41,17 +57,7 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   status = experiments.Runner(root, FLAGS.parallel).run(cells)
   if FLAGS.quick:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
-  records = tables.collect(root, cells, spec)
-  if conclusion is not None:
-    spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {conclusion(records)}".strip()})
-  default_out = root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"
-  out = pathlib.Path(FLAGS.out or default_out)
-  paths = tables.write_all(out, spec, records, len(seeds))
-  paths["curves"] = plots.learning_curves(root, cells, spec, "train/loss", out / f"{spec.name}_curves")
-  paths["metric_curves"] = plots.learning_curves(root, cells, spec, spec.metric,
-                                                 out / f"{spec.name}_metric_curves")
-  paths["bars"] = plots.bars(spec, records, out / f"{spec.name}_bars")
-  print(paths["md"].read_text())
+  paths = write_outputs(spec, root, cells, len(seeds), conclusion)
   failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
   for key, why in failed.items():
     logging.error("cell %s: %s", key, why)

@@ -31,7 +31,7 @@ class TableSpec:
   metric: str                       # "<eval set>/<number>" in results.json, e.g. "target_test/accuracy"
   rows: list                        # row labels (methods), in order
   columns: list                     # column labels (tasks), in order
-  protocol: str                     # a key of PROTOCOLS
+  protocol: str | dict              # a key of PROTOCOLS, or {row: key} when rows differ in it
   published: dict = dataclasses.field(default_factory=dict)  # (row, column) -> fraction
   published_source: str = ""
   extra_metrics: dict = dataclasses.field(default_factory=dict)  # label -> "<eval>/<number>"
@@ -94,7 +94,7 @@ def caption(spec: TableSpec, records, seeds_asked: int) -> str:
   ns = sorted({r["n"] for r in records})
   seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
   text = (f"{spec.title}. {spec.metric.replace('/', ' ')} in %, mean ± std over {seeds} seed(s)"
-          f" (of {seeds_asked} asked). Model selection: {PROTOCOLS[spec.protocol]}.")
+          f" (of {seeds_asked} asked). Model selection: {_protocol_text(spec.protocol)}.")
   if spec.published_source:
     text += f" Published: {spec.published_source}; Δ = ours − published."
   if spec.mean_column:
@@ -102,6 +102,12 @@ def caption(spec: TableSpec, records, seeds_asked: int) -> str:
   if spec.notes:
     text += " " + spec.notes
   return text
+
+
+def _protocol_text(protocol) -> str:
+  if isinstance(protocol, str):
+    return PROTOCOLS[protocol]
+  return "; ".join(f"{row}: {PROTOCOLS[key]}" for row, key in protocol.items())
 
 
 def _pct(x, digits=1):

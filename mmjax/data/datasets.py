@@ -29,7 +29,14 @@ from mmjax.data import tf_runtime
 from mmjax.data import usps
 
 IMAGE_SIZE = 28
-SPLITS = ("train", "test")
+# "train_fit" and "train_val" split "train" into a fit part and a held-out source validation part
+# (model selection: mmjax.selection), the same for every run and seed.
+SPLITS = ("train", "test", "train_fit", "train_val")
+VAL_FRACTION = 0.2
+_VAL_SEED = 20160901  # fixed: the held-out examples never depend on config.seed
+# A dataset name "npz:<path>" reads the arrays of a .npz file (e.g. pseudo-labelled target data
+# written by reverse validation); its "train" and "test" are the whole file.
+NPZ_PREFIX = "npz:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +131,9 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   Returns {"image": uint8 [N, 28, 28, 1], "label": int32 [N]} for the digit datasets, and
   {"features": float32 [N, D], "label": int32 [N]} for the feature-vector ones: amazon_* the term
   counts (D = 5000, label 1 positive), office_* the GFK-normalised SURF histograms (D = 800), whose
-  "train" and "test" are both the whole domain. The multimodal ones (their modules say more):
+  "train" and "test" are both the whole domain. "train_fit" and "train_val" are the two parts of
+  any dataset's "train" (see `holdout_indices`); "npz:<path>" names the arrays of a .npz file.
+  The multimodal ones (their modules say more):
   sort_of_clevr, splits "train" and "validation", one example per image: "image" uint8
     [N, 75, 75, 3], "question" float32 [N, 20, 11], "label" int32 [N, 20] (sort_of_clevr.ANSWERS
     indices), "relational" int32 [N, 20];
@@ -133,7 +142,14 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   omniglot_strokes: "image" uint8 [N, 28, 28, 1], "strokes" float32 [N, 64, 3] (dx, dy, pen_lift),
     "label" int32 [N] character index within the split, "drawing" int32 [N] unique drawing id.
   """
+  if name.startswith(NPZ_PREFIX):
+    return _load_npz(name[len(NPZ_PREFIX):])
   spec = _spec(name)
+  if split in ("train_fit", "train_val") and "train" in spec.splits:
+    arrays = load_split(name, "train", data_dir=data_dir, tfds_dir=tfds_dir)
+    fit, val = holdout_indices(len(arrays["label"]))
+    keep = fit if split == "train_fit" else val
+    return {key: value[keep] for key, value in arrays.items()}
   if split not in spec.splits:
     raise ValueError(f"Unknown split {split!r} of dataset {name!r}; valid splits are {list(spec.splits)}.")
   builder = get_builder(name, data_dir=data_dir, tfds_dir=tfds_dir)
@@ -142,6 +158,30 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   logging.info("Read %s/%s (%d examples) in %.1f s", name, split, len(arrays["label"]),
                time.perf_counter() - start)
   return spec.common_form(arrays)
+
+
+def holdout_indices(num_examples: int, fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+  """(fit, val): sorted indices of a fixed random `fraction` held out of range(num_examples).
+
+  The permutation depends only on num_examples, so every run, seed and method holds out the
+  same examples.
+  """
+  order = np.random.default_rng(_VAL_SEED).permutation(num_examples)
+  num_val = int(round(fraction * num_examples))
+  if not 0 < num_val < num_examples:
+    raise ValueError(f"cannot hold out {fraction:.0%} of {num_examples} examples as validation")
+  return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise ValueError(f"dataset {NPZ_PREFIX}{path}: no such file")
+  with np.load(path) as npz:
+    arrays = {key: npz[key] for key in npz.files}
+  if "label" not in arrays:
+    raise ValueError(f"dataset {NPZ_PREFIX}{path} has no 'label' array; it has {sorted(arrays)}")
+  arrays["label"] = arrays["label"].astype(np.int32)
+  return arrays
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
