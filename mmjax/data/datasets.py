@@ -18,6 +18,7 @@ from absl import logging
 from mmjax.data import amazon
 from mmjax.data import mnist
 from mmjax.data import office_caltech
+from mmjax.data import omniglot
 from mmjax.data import paths
 from mmjax.data import tf_runtime
 from mmjax.data import usps
@@ -48,6 +49,7 @@ def _images_and_labels(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 BUILDERS = {
     "mnist": DatasetSpec(mnist.MmjaxMnist, "mnist", _images_and_labels),
     "usps": DatasetSpec(usps.MmjaxUsps, "usps", _images_and_labels),
+    "omniglot": DatasetSpec(omniglot.MmjaxOmniglot, "omniglot", _images_and_labels),
     **{f"amazon_{domain}": DatasetSpec(amazon.MmjaxAmazonReviews, amazon.RAW_FOLDER,
                                        amazon.features_and_labels, config=domain)
        for domain in amazon.DOMAINS},

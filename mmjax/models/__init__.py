@@ -3,10 +3,11 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from mmjax.models.conv4 import Conv4  # noqa: F401 (re-exported)
 from mmjax.models.lenet import LeNet  # noqa: F401 (re-exported)
 from mmjax.models.mlp import MLP  # noqa: F401 (re-exported)
 
-MODELS = {"lenet": LeNet, "mlp": MLP}
+MODELS = {"conv4": Conv4, "lenet": LeNet, "mlp": MLP}
 
 
 def build_model(model_config, dtype: str = "float32"):
