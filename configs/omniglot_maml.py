@@ -12,9 +12,10 @@ Args: <ways>w<shots>s[_fo|_anil|_metasgd|_reptile][_cpu], e.g. 5w1s, 20w5s_fo, 5
   per-parameter inner rates (Li et al. 2017), starting from alpha. _reptile: Nichol et al. 2018
   with plain SGD inner steps on the support set (5 steps, alpha 0.1, 10 at test), outer SGD of
   rate 1 annealed to 0 (cosine); their paper used Adam inner steps and a linear anneal.
-- _cpu: the budget that fits this 2-core CPU machine: 5-way tasks with 5 queries per class,
-  meta-batch 8 and 1,000 meta-iterations (20-way: 4 tasks, 500 iterations), 200 test tasks. It
-  shows the path works and learns; it does not reproduce the table (see README, Meta-learning).
+- _cpu: the budget that fits this 2-core CPU machine: 5 queries per class, meta-batch 8 and 500
+  meta-iterations (20-way: 4 tasks, 250 iterations), 200 test tasks, tasks run with lax.map (on
+  XLA:CPU vmap's per-task convs are grouped convs, 2-3x slower; benchmarks/README.md). It shows
+  the path works and learns; it does not reproduce the table (see README, Meta-learning).
 """
 from mmjax.config import base_config
 
@@ -73,7 +74,8 @@ def get_config(arg=None):
     c.meta.queries = 5
     c.meta.meta_batch = 8 if ways == 5 else 4
     c.meta.test_tasks = 200
-    c.train.steps = 1000 if ways == 5 else 500
+    c.meta.task_map = "map"
+    c.train.steps = 500 if ways == 5 else 250
     c.train.log_every = 50
     c.checkpoint.every = 250
   return c
