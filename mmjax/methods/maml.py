@@ -41,7 +41,8 @@ def check_config(config, params) -> None:
   """Raises on meta settings that cannot work with these params."""
   meta = config.meta
   if meta.algorithm not in ALGORITHMS:
-    raise ValueError(f"unknown config.meta.algorithm {meta.algorithm!r}; use {', '.join(ALGORITHMS)}")
+    raise ValueError(f"unknown config.meta.algorithm {meta.algorithm!r}; "
+                     f"use {', '.join(ALGORITHMS)}")
   if meta.loss not in ("cross_entropy", "mse"):
     raise ValueError(f"unknown config.meta.loss {meta.loss!r}; use cross_entropy or mse")
   if meta.task_map not in ("vmap", "map"):
@@ -96,7 +97,10 @@ def make_adapt(config, model):
     lr = meta_params.get("inner_lr", meta.inner_lr)
     if meta.algorithm != "anil":
       return inner_adapt(loss_fn, params, support, steps, lr, first_order)
-    head_loss = lambda head, batch: loss_fn({**params, meta.head: head}, batch)
+
+    def head_loss(head, batch):
+      return loss_fn({**params, meta.head: head}, batch)
+
     head = inner_adapt(head_loss, params[meta.head], support, steps, lr, first_order)
     return {**params, meta.head: head}
 
@@ -109,7 +113,7 @@ def over_tasks(fn, tasks, how: str):
 
 
 def make_meta_grad(config, model):
-  """meta_grad(meta_params, tasks) -> (outer gradient, metrics of the query sets after adaptation)."""
+  """meta_grad(meta_params, tasks) -> (outer gradient, query-set metrics after adaptation)."""
   meta = config.meta
   adapt, loss_fn = make_adapt(config, model)
 
@@ -139,7 +143,7 @@ def make_meta_grad(config, model):
 
 
 def make_meta_eval(config, model, steps: int):
-  """eval(meta_params, tasks) -> per-task query metrics after 0..steps adaptation steps, [T, steps+1]."""
+  """eval(meta_params, tasks) -> per-task query metrics after 0..steps steps, [T, steps + 1]."""
   adapt, loss_fn = make_adapt(config, model)
 
   def one(meta_params, task):

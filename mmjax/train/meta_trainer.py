@@ -5,7 +5,6 @@ saves and exits on SIGTERM, and returns a finished workdir's results. The tasks 
 (config.seed, s) alone (mmjax.data.episodes), so a checkpoint needs no data position; each process
 draws only its share of the meta-batch, which is sharded over the mesh on its task axis.
 """
-import functools
 import json
 import pathlib
 import time
@@ -19,7 +18,6 @@ from jax.experimental import multihost_utils
 
 import mmjax
 from mmjax import config as config_lib
-from mmjax import methods
 from mmjax.data import episodes
 from mmjax.methods import maml
 from mmjax.methods.inputs import example_inputs
@@ -84,6 +82,8 @@ def _init_state(config, model, partitioner, example):
 def _check(config):
   if config.method != "maml":
     raise ValueError(f'config.trainer = "meta" runs method "maml", not {config.method!r}')
+  if config.init_from.workdir:
+    raise ValueError("the meta trainer does not read config.init_from; leave init_from.workdir empty")
   if config.parallel != "jit":
     raise ValueError('the meta trainer shards tasks with jit; set config.parallel = "jit"')
   if config.meta.meta_batch % jax.device_count():
@@ -105,8 +105,7 @@ def train_and_evaluate(config, workdir) -> dict:
     config_lib.write_json(config, workdir / "config.json")
 
   partitioner = steps.Partitioner("jit")
-  method = methods.get_method(config.method)
-  model = method.build_model(config)
+  model = maml.build_model(config)
   train_tasks = episodes.make_task_source(config, config.meta.train_split)
   test_tasks = episodes.make_task_source(config, config.meta.test_split)
   example = example_inputs(train_tasks.task(config.seed, 0, 0)["support"], config.data.input_key)
