@@ -1,6 +1,6 @@
 """MAML paper Appendix C / Figure 2: sinusoid regression, MAML against a pretrained baseline.
 
-python experiments/sinusoid_table.py --workdir=runs/sinusoid [--budget=cpu|full] [--seeds=1]
+python experiments/sinusoid_table.py --workdir=runs/sinusoid [--budget=cpu|full] [--seeds=1] [--quick]
 
 Runs configs/sinusoid.py (maml, pretrained; with _cpu for the CPU budget) through the experiment
 runner, then writes sinusoid.md/.csv (MSE on the meta-test tasks after 1, 5 and 10 test-time steps,
@@ -17,7 +17,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import experiments, logs, plots, tables  # noqa: E402
-from mmjax import table_script  # noqa: E402,F401  (its flags: --workdir, --seeds, --parallel, --out)
+from mmjax import table_script  # noqa: E402,F401  (flags --workdir --seeds --quick --parallel --out)
 from mmjax.data import sinusoid  # noqa: E402
 from mmjax.methods import maml  # noqa: E402
 from mmjax.train import checkpoint, meta_trainer  # noqa: E402
@@ -50,7 +50,8 @@ def to_markdown(records, cells, root, budget) -> str:
   return (f"**{SPEC.title}**\n\n" + "\n".join(lines) + "\n\n"
           f"Mean over {meta['test_tasks']} meta-test tasks (K = {meta['shots']} support points, "
           f"{meta['queries']} query points, test-time step {meta['inner_lr']}) and over seeds; "
-          f"{run['config']['train']['steps']} meta-iterations ({budget} budget; the paper: 70,000). "
+          f"{run['config']['train']['steps']} meta-iterations ({budget} budget; the paper: "
+          "70,000). "
           "Published: Finn et al. 2017, Appendix C. The pretrained baseline is MAML with 0 inner "
           "steps, fine-tuned with the same test-time step size.\n")
 
@@ -92,11 +93,13 @@ def main(argv):
   suffix = "_cpu" if FLAGS.budget == "cpu" else ""
   settings = [{"row": row, "column": "K=10", "config": f"configs/sinusoid.py:{arg}{suffix}"}
               for arg, row in ROWS.items()]
-  cells = experiments.grid(settings, range(FLAGS.seeds))
+  quick = (("train.steps", "200"), ("meta.test_tasks", "50")) if FLAGS.quick else ()
+  cells = experiments.grid(settings, range(1 if FLAGS.quick else FLAGS.seeds), quick)
   root = pathlib.Path(FLAGS.workdir)
   status = experiments.Runner(root, FLAGS.parallel).run(cells)
   records = tables.collect(root, cells, SPEC)
-  out = pathlib.Path(FLAGS.out or experiments.REPO / "docs/results")
+  out = pathlib.Path(FLAGS.out or (root / "tables" if FLAGS.quick
+                                   else experiments.REPO / "docs/results"))
   out.mkdir(parents=True, exist_ok=True)
   (out / "sinusoid.md").write_text(to_markdown(records, cells, root, FLAGS.budget))
   (out / "sinusoid.csv").write_text(tables.to_csv(SPEC, records))
