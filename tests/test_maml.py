@@ -235,7 +235,8 @@ def test_sinusoid_tasks_follow_the_paper_ranges():
 def _sinusoid_run_config(steps=6):
   return config_lib.load_with_overrides(str(REPO / "configs/sinusoid.py:maml_cpu"), {
       "train.steps": str(steps), "train.log_every": "3", "checkpoint.every": "3",
-      "meta.meta_batch": "8", "meta.test_tasks": "10", "meta.test_inner_steps": "2"})
+      "meta.meta_batch": "8", "meta.test_tasks": "10", "meta.test_inner_steps": "2",
+      "eval_every": "3"})
 
 
 def test_meta_trainer_resumes_exactly_on_four_devices(tmp_path):

@@ -48,21 +48,26 @@ def _local_tasks(source, seed: int, step: int, first: int, count: int):
   return episodes.batch(source, seed, step, range(start, start + share))
 
 
-def meta_test(config, model, meta_params, source, partitioner) -> dict:
-  """Adapts to config.meta.test_tasks tasks with test_inner_steps steps; mean and 95% CI."""
+def make_meta_test(config, model, partitioner):
+  """meta_test(meta_params, source) -> {metric: mean, metric_ci95, metric_step<k>, n}: adapts to
+  config.meta.test_tasks tasks with test_inner_steps steps (compiled once per run)."""
   meta = config.meta
   chunk = -(-meta.meta_batch // jax.device_count()) * jax.device_count()
   eval_fn = jax.jit(maml.make_meta_eval(config, model, meta.test_inner_steps),
                     in_shardings=(partitioner.replicated, partitioner.batch_sharding),
                     out_shardings=partitioner.batch_sharding)
-  per_task = []
-  for first in range(0, meta.test_tasks, chunk):
-    # Test task j is (test_seed, TEST_STEP, j) whatever the chunk size; extra tasks are dropped.
-    local = _local_tasks(source, meta.test_seed, TEST_STEP, first, chunk)
-    out = eval_fn(meta_params, partitioner.global_batch(local))
-    per_task.append(jax.device_get(multihost_utils.process_allgather(out, tiled=True)))
-  merged = jax.tree.map(lambda *v: np.concatenate(v)[:meta.test_tasks], *per_task)
-  return maml.summarize_eval(merged)
+
+  def meta_test(meta_params, source):
+    per_task = []
+    for first in range(0, meta.test_tasks, chunk):
+      # Test task j is (test_seed, TEST_STEP, j) whatever the chunk size; extra tasks are dropped.
+      local = _local_tasks(source, meta.test_seed, TEST_STEP, first, chunk)
+      out = eval_fn(meta_params, partitioner.global_batch(local))
+      per_task.append(jax.device_get(multihost_utils.process_allgather(out, tiled=True)))
+    merged = jax.tree.map(lambda *v: np.concatenate(v)[:meta.test_tasks], *per_task)
+    return maml.summarize_eval(merged)
+
+  return meta_test
 
 
 def _init_state(config, model, partitioner, example):
@@ -149,8 +154,10 @@ def train_and_evaluate(config, workdir) -> dict:
           f"Last good checkpoint: {ckpt.directory / str(last) if last is not None else 'none'}. "
           "Lower optim.lr or meta.inner_lr, or add optim.grad_clip_norm.")
 
+  meta_test = make_meta_test(config, model, partitioner)
+
   def test_scalars(step):
-    result = meta_test(config, model, state.params, test_tasks, partitioner)
+    result = meta_test(state.params, test_tasks)
     out.scalars(step, {f"meta_test/{k}": v for k, v in result.items()})
     return result
 
