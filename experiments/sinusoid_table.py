@@ -32,19 +32,22 @@ PUBLISHED = {"MAML": (0.67, 0.38, 0.35), "pretrained, fine-tuned": (2.41, 2.23, 
 SPEC = tables.TableSpec(
     name="sinusoid", title="Sinusoid regression, K = 10: meta-test MSE",
     metric="meta_test/loss_step10", rows=list(ROWS.values()), columns=["K=10"],
-    protocol="fixed", extra_metrics={f"MSE after {k}": f"meta_test/loss_step{k}" for k in STEPS},
+    protocol="fixed", extra_metrics={**{f"MSE after {k}": f"meta_test/loss_step{k}" for k in STEPS},
+                                     "CI95 after 10": "meta_test/loss_ci95"},
     published_source="Finn et al. 2017, Appendix C")
 
 
 def to_markdown(records, cells, root, budget) -> str:
   """MSE is not a fraction, so this table is written here rather than by tables.to_markdown."""
-  head = ["Method", "seeds"] + [f"MSE, {k} step{'s' * (k > 1)}" for k in STEPS]
+  head = ["Method", "seeds"] + [f"MSE, {k} step{'s' * (k > 1)}" for k in STEPS] + [
+      "95% CI over tasks, 10 steps"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in records:
     ours = [f"{r[f'MSE after {k}']:.2f}" if r["n"] else "not run" for k in STEPS]
     published = PUBLISHED[r["row"]]
     lines.append("| " + " | ".join([r["row"], str(r["n"])] + [
-        f"{o} (paper {p:.2f})" for o, p in zip(ours, published)]) + " |")
+        f"{o} (paper {p:.2f})" for o, p in zip(ours, published)] + [
+            f"± {r['CI95 after 10']:.2f}" if r["n"] else "–"]) + " |")
   run = json.loads((experiments.cell_dir(root, cells[0]) / "results.json").read_text())
   meta = run["config"]["meta"]
   return (f"**{SPEC.title}**\n\n" + "\n".join(lines) + "\n\n"
