@@ -58,6 +58,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.vqa = ml_collections.ConfigDict()  # visual question answering (method vqa)
   c.vqa.questions_per_image = 1    # training pairs per image and step, drawn without replacement
 
+  c.meta = ml_collections.ConfigDict()  # meta-learning (trainer "meta", method "maml")
+  c.meta.algorithm = "maml"        # maml | fomaml (first order) | anil (adapt the head only) |
+                                   #   metasgd (learned per-parameter inner lr) | reptile
+  c.meta.dataset = "omniglot"      # "sinusoid", or a labelled dataset of mmjax.data (episodes)
+  c.meta.train_split = "train"     # split the training tasks come from
+  c.meta.test_split = "test"       # split the meta-test tasks come from
+  c.meta.rotate_classes = False    # rotations by 90, 180, 270 degrees are new classes (Omniglot)
+  c.meta.ways = 5                  # N classes per task (ignored by sinusoid)
+  c.meta.shots = 1                 # K support examples per class (per task for sinusoid)
+  c.meta.queries = 15              # Q query examples per class (per task for sinusoid)
+  c.meta.inner_steps = 1           # gradient steps on the support set while meta-training
+  c.meta.inner_lr = 0.4            # alpha; Meta-SGD's initial per-parameter rate
+  c.meta.test_inner_steps = 3      # steps at meta-test; every step count up to it is reported
+  c.meta.meta_batch = 32           # tasks per meta-update, summed over all devices
+  c.meta.test_tasks = 600          # meta-test tasks (mean and 95% confidence interval)
+  c.meta.test_seed = 0             # meta-test tasks come from (test_seed, index): same for all runs
+  c.meta.loss = "cross_entropy"    # cross_entropy (classification) | mse (regression)
+  c.meta.head = "head"             # anil: params under this top-level name are adapted
+  c.meta.task_map = "vmap"         # how a meta-batch's tasks run in the step: vmap | map (lax.map)
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.log_every = 50

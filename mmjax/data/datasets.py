@@ -22,6 +22,7 @@ from mmjax.data import amazon
 from mmjax.data import av_digits
 from mmjax.data import mnist
 from mmjax.data import office_caltech
+from mmjax.data import omniglot
 from mmjax.data import omniglot_strokes
 from mmjax.data import paths
 from mmjax.data import sort_of_clevr
@@ -69,6 +70,7 @@ def _omniglot_strokes_form(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarra
 BUILDERS = {
     "mnist": DatasetSpec(mnist.MmjaxMnist, "mnist", _images_and_labels),
     "usps": DatasetSpec(usps.MmjaxUsps, "usps", _images_and_labels),
+    "omniglot": DatasetSpec(omniglot.MmjaxOmniglot, "omniglot", _images_and_labels),
     **{f"amazon_{domain}": DatasetSpec(amazon.MmjaxAmazonReviews, amazon.RAW_FOLDER,
                                        amazon.features_and_labels, config=domain)
        for domain in amazon.DOMAINS},

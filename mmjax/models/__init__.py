@@ -3,13 +3,14 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from mmjax.models.conv4 import Conv4  # noqa: F401 (re-exported)
 from mmjax.models.dual_encoder import DualEncoder  # noqa: F401 (re-exported)
 from mmjax.models.fusion import FusionTransformer  # noqa: F401 (re-exported)
 from mmjax.models.lenet import LeNet  # noqa: F401 (re-exported)
 from mmjax.models.mlp import MLP  # noqa: F401 (re-exported)
 from mmjax.models.vqa_baseline import CnnMlpVqa  # noqa: F401 (re-exported)
 
-MODELS = {"lenet": LeNet, "mlp": MLP, "fusion_transformer": FusionTransformer,
+MODELS = {"lenet": LeNet, "mlp": MLP, "conv4": Conv4, "fusion_transformer": FusionTransformer,
           "cnn_mlp_vqa": CnnMlpVqa, "dual_encoder": DualEncoder}
 
 

@@ -1,0 +1,55 @@
+"""The 4-layer convnet of few-shot learning (Vinyals et al. 2016; Finn et al. 2017, §5.2)."""
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class BatchStatsNorm(nn.Module):
+  """Batch norm that always normalises with the current batch's statistics and keeps no averages.
+
+  This is MAML's batch norm (Finn et al. 2017, §5.2; their code calls tf.contrib batch_norm in
+  training mode at meta-test too): support and query batches are each normalised by themselves.
+  """
+  epsilon: float = 1e-3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axes)
+    var = jnp.mean(jnp.square(x32 - mean), axes)
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    y = (x32 - mean) * (scale / jnp.sqrt(var + self.epsilon)) + bias
+    return y.astype(self.dtype)
+
+
+class Conv4(nn.Module):
+  """4 x [3x3 conv `width`, batch-statistics norm, ReLU, downsample by 2], flatten, linear head.
+
+  `pool="stride"` downsamples with stride-2 convs (MAML's Omniglot network: 28x28 -> 2x2x64 = 256
+  features); `pool="max"` uses stride-1 convs and 2x2 max-pooling (MAML's MiniImagenet network and
+  the Vinyals et al. one; 28x28 -> 1x1x64). Returns {"features", "logits"}.
+  """
+  num_classes: int = 5
+  width: int = 64
+  pool: str = "stride"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # batch statistics are used in both modes
+    if self.pool not in ("stride", "max"):
+      raise ValueError(f"Conv4.pool={self.pool!r}; use 'stride' or 'max'")
+    stride = 2 if self.pool == "stride" else 1
+    x = x.astype(self.dtype)
+    for i in range(4):
+      x = nn.Conv(self.width, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
+                  name=f"conv{i + 1}")(x)
+      x = nn.relu(BatchStatsNorm(dtype=self.dtype, name=f"norm{i + 1}")(x))
+      if self.pool == "max":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    features = x.reshape(x.shape[0], -1)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
+    return {"features": features, "logits": logits.astype(jnp.float32)}
