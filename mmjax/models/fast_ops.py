@@ -84,16 +84,18 @@ def _is_plain_2d(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None,
-                         preferred_element_type=None):
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated` (the signature nn.Conv's `conv_general_dilated` hook calls) that
   runs stride-1 2-D NHWC convolutions as `conv_valid` after explicit padding; others go to lax."""
-  if preferred_element_type is not None or not _is_plain_2d(
+  if batch_group_count != 1 or preferred_element_type is not None or not _is_plain_2d(
       lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    precision, preferred_element_type)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   (top, bottom), (left, right) = padding
