@@ -59,8 +59,8 @@ class DannLeNet(nn.Module):
       for module, p in pairs:
         kernel = np.asarray(p["kernel"])
         kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
-        module.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
-        module.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
+        module.weight.copy_(torch.tensor(kernel))
+        module.bias.copy_(torch.tensor(np.asarray(p["bias"])))
 
 
 def dann_loss(model, source_images, source_labels, target_images, reversal):
