@@ -4,7 +4,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models import fast_ops
+from mmjax.models import fast_ops as ops
 
 
 class LeNet(nn.Module):
@@ -24,8 +24,8 @@ class LeNet(nn.Module):
   def __call__(self, x, train: bool = False):
     del train  # no dropout or batch norm in this model
     if self.fast_ops:
-      conv = functools.partial(nn.Conv, conv_general_dilated=fast_ops.conv_general_dilated)
-      pool = fast_ops.max_pool
+      conv = functools.partial(nn.Conv, conv_general_dilated=ops.conv_general_dilated)
+      pool = ops.max_pool
     else:
       conv, pool = nn.Conv, lambda h, window: nn.max_pool(h, window, strides=window)
     x = x.astype(self.dtype)
