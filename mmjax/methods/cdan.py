@@ -23,7 +23,7 @@ def build_model(config):
                                    domain_layers=config.adapt.domain_layers,
                                    randomized=config.adapt.randomized,
                                    randomized_dim=config.adapt.randomized_dim,
-                                   map_seed=config.seed)
+                                   map_seed=config.seed, dtype=jnp.dtype(config.dtype))
 
 
 def entropy_weights(logits, num_source: int):

@@ -26,7 +26,8 @@ def streams(config) -> dict:
 def build_model(config):
   return DomainAdversarialNet(backbone=models.build_model(config.model, config.dtype),
                               domain_hidden=config.adapt.domain_hidden,
-                              domain_layers=config.adapt.domain_layers)
+                              domain_layers=config.adapt.domain_layers,
+                              dtype=jnp.dtype(config.dtype))
 
 
 def reversal_strength(progress, gamma: float = 10.0):

@@ -21,7 +21,7 @@ def _reverse_fwd(x, coeff):
 
 
 def _reverse_bwd(coeff, g):
-  return (jax.tree.map(lambda t: -coeff * t, g), jnp.zeros_like(coeff))
+  return (jax.tree.map(lambda t: (-coeff * t).astype(t.dtype), g), jnp.zeros_like(coeff))
 
 
 reverse_gradient.defvjp(_reverse_fwd, _reverse_bwd)

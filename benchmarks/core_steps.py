@@ -1,0 +1,248 @@
+"""mmjax's core train steps against their PyTorch references, measured side by side in one run.
+
+python benchmarks/core_steps.py [--entries=dann_digits,...] [--repeats=7] [--steps=10]
+                                [--threads=0] [--out=benchmarks/results/core_steps.json]
+
+For each entry it times the engine's own update function (built by the code path
+`train_and_evaluate` uses: the method's model and loss, `steps.make_update`, the jit over the mesh
+with the state donated) on one cached batch, the PyTorch reference of the same step
+(benchmarks/torch_reference.py), a jitted 2048x2048 float32 matmul (the practical FLOP/s ceiling
+of these cores) and, for entries fed by real data, the step fed by the tf.data pipeline. The four
+alternate within every repeat and the median of the repeats is reported, so load from other jobs
+falls on all of them alike; os.getloadavg() is recorded before and after. FLOPs come from the
+compiled step's cost_analysis(). Before timing, the PyTorch reference is loaded with the JAX
+params and must give the same loss.
+
+Entries are added to ENTRIES: a name -> function returning a `Runners`.
+"""
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from mmjax import config as config_lib  # noqa: E402
+from mmjax import data as data_lib  # noqa: E402
+from mmjax import methods  # noqa: E402
+from mmjax.methods import inputs  # noqa: E402
+from mmjax.train import optim, steps, trainer  # noqa: E402
+
+flags.DEFINE_list("entries", ["dann_digits", "dann_digits_xla_ops", "dann_digits_bf16"],
+                  "entries to run (see ENTRIES)")
+flags.DEFINE_integer("repeats", 7, "alternating repeats; the median is reported")
+flags.DEFINE_integer("steps", 10, "steps per timed repeat")
+flags.DEFINE_integer("threads", 0, "CPU cores for both frameworks (process affinity and "
+                     "torch.set_num_threads); 0: all cores")
+flags.DEFINE_string("out", str(REPO / "benchmarks/results/core_steps.json"), "JSON output")
+FLAGS = flags.FLAGS
+MATMUL_SIZE = 2048
+
+
+@dataclasses.dataclass
+class Runners:
+  """What one entry times. Each runner runs n steps and returns only once they are done."""
+  description: str
+  jax: Callable[[int], None]
+  flops: float                                 # per JAX step, from cost_analysis()
+  torch: Callable[[int], None] | None = None
+  pipeline: Callable[[int], None] | None = None  # the JAX step fed by the real input pipeline
+  check: dict = dataclasses.field(default_factory=dict)
+
+
+def _matmul_runner():
+  """A jitted MATMUL_SIZE^2 float32 matmul; returns (runner, FLOPs per call)."""
+  a, b = (jax.random.normal(jax.random.PRNGKey(i), (MATMUL_SIZE, MATMUL_SIZE)) for i in (0, 1))
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+
+  def run(n):
+    for _ in range(n):
+      out = matmul(a, b)
+    jax.block_until_ready(out)
+  return run, 2.0 * MATMUL_SIZE ** 3
+
+
+def _dann_digits(dtype: str = "float32", fast_ops: bool = True) -> Runners:
+  """DANN on digits (configs/digits_adapt.py:dann/mnist_usps): 128 MNIST + 128 USPS images."""
+  import torch_reference  # noqa: PLC0415 (torch only when a torch entry runs)
+  cfg = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
+                                       {"dtype": dtype})
+  with cfg.unlocked():
+    cfg.model.fast_ops = fast_ops
+  method = methods.get_method(cfg.method)
+  model = method.build_model(cfg)
+  part = steps.Partitioner(cfg.parallel)
+  arrays = {name: data_lib.load_split(dataset, split, data_dir=cfg.data.dir,
+                                      tfds_dir=cfg.data.tfds_dir)
+            for name, (dataset, split) in method.streams(cfg).items()}
+  example = inputs.example_inputs(arrays["source"], cfg.data.input_key)
+  state, tx = trainer._init_state(  # noqa: SLF001 (the trainer's own state creation)
+      cfg, model, lambda p: optim.make_optimizer(cfg.optim, cfg.train.steps, params=p), part,
+      example)
+  loss_fn = method.make_loss(cfg)
+  update = part.compile_update(steps.make_update(loss_fn, model, tx, cfg.train.steps))
+  iterators = {name: data_lib.TrainIterator(a, global_batch=cfg.data.global_batch,
+                                            seed=cfg.seed + 7919 * i)
+               for i, (name, a) in enumerate(arrays.items())}
+  local = {name: next(it) for name, it in iterators.items()}
+  cached = part.global_batch(local)
+  rng = jax.random.PRNGKey(1)
+  jax_loss = float(loss_fn(model, state.params, cached, rng, 0.0)[0])
+  torch_step = torch_reference.DannStep(local, cfg, cfg.train.steps,
+                                        params=jax.device_get(state.params))
+  torch_loss = torch_step.loss(0.0)
+  compiled = update.lower(state, cached, rng).compile()
+  cost = compiled.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
+  box = {"state": state}
+
+  def run(batches, n):
+    window = steps.DispatchWindow()
+    for _ in range(n):
+      box["state"], metrics = update(box["state"], next(batches), rng)
+      window.push(metrics)
+    jax.block_until_ready(box["state"])
+
+  def repeat():
+    while True:
+      yield cached
+
+  def fed():
+    while True:
+      yield part.global_batch({name: next(it) for name, it in iterators.items()})
+
+  def run_torch(n):
+    for _ in range(n):
+      torch_step()
+
+  fed_batches, cached_batches = fed(), repeat()
+  return Runners(
+      description=f"DANN LeNet digits, 128+128 28x28, SGD momentum, {dtype}, "
+                  f"{'mmjax fast_ops' if fast_ops else 'XLA conv + reduce_window'}",
+      jax=lambda n: run(cached_batches, n), flops=flops, torch=run_torch,
+      pipeline=lambda n: run(fed_batches, n),
+      check={"jax_loss": jax_loss, "torch_loss": torch_loss,
+             "loss_rtol": 1e-4 if dtype == "float32" else 2e-2,
+             "state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state)})})
+
+
+ENTRIES = {
+    "dann_digits": _dann_digits,
+    "dann_digits_xla_ops": lambda: _dann_digits(fast_ops=False),
+    "dann_digits_bf16": lambda: _dann_digits(dtype="bfloat16"),
+}
+
+
+def interleaved(runners: dict, steps_per_repeat: int, repeats: int) -> dict:
+  """Median seconds per step of each runner, the runners alternating within every repeat."""
+  for run in runners.values():
+    run(2)  # compile, warm caches
+  times = {name: [] for name in runners}
+  for r in range(repeats):
+    order = list(runners) if r % 2 == 0 else list(reversed(runners))
+    for name in order:
+      start = time.perf_counter()
+      runners[name](steps_per_repeat)
+      times[name].append((time.perf_counter() - start) / steps_per_repeat)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def measure(name: str) -> dict:
+  """Builds one entry and times its runners together with the matmul ceiling."""
+  entry = ENTRIES[name]()
+  matmul, matmul_flops = _matmul_runner()
+  runners = {"jax": entry.jax, "matmul": matmul}
+  for key in ("torch", "pipeline"):
+    if getattr(entry, key) is not None:
+      runners[key] = getattr(entry, key)
+  seconds = interleaved(runners, FLAGS.steps, FLAGS.repeats)
+  ceiling = matmul_flops / seconds["matmul"]
+  gflops = entry.flops / seconds["jax"] / 1e9
+  row = {"entry": name, "description": entry.description, "jax_ms": 1e3 * seconds["jax"],
+         "gflop_per_step": entry.flops / 1e9, "gflops": gflops,
+         "matmul_ceiling_gflops": ceiling / 1e9, "fraction_of_ceiling": gflops * 1e9 / ceiling,
+         **entry.check}
+  if "torch" in seconds:
+    row["torch_ms"] = 1e3 * seconds["torch"]
+    row["speed_vs_torch"] = seconds["torch"] / seconds["jax"]
+  if "pipeline" in seconds:
+    row["pipeline_ms"] = 1e3 * seconds["pipeline"]
+    row["pipeline_fraction"] = seconds["jax"] / seconds["pipeline"]
+  return row
+
+
+def _check_losses(row: dict) -> None:
+  if "torch_loss" in row:
+    diff = abs(row["jax_loss"] - row["torch_loss"]) / abs(row["torch_loss"])
+    if diff > row["loss_rtol"]:
+      raise RuntimeError(f"{row['entry']}: the PyTorch reference's loss {row['torch_loss']:.6f} "
+                         f"differs from the JAX step's {row['jax_loss']:.6f}; they do not compute "
+                         "the same step, so their speeds cannot be compared")
+
+
+def _print_table(rows) -> None:
+  header = (f"{'entry':<22}{'JAX ms':>9}{'torch ms':>10}{'JAX/torch':>11}{'GFLOP':>8}"
+            f"{'GFLOP/s':>9}{'ceiling':>9}{'of ceil.':>10}{'pipeline':>10}")
+  print(header)
+  for r in rows:
+    print(f"{r['entry']:<22}{r['jax_ms']:>9.1f}{r.get('torch_ms', float('nan')):>10.1f}"
+          f"{r.get('speed_vs_torch', float('nan')):>10.2f}x{r['gflop_per_step']:>8.2f}"
+          f"{r['gflops']:>9.1f}{r['matmul_ceiling_gflops']:>9.1f}{r['fraction_of_ceiling']:>10.2f}"
+          f"{r.get('pipeline_fraction', float('nan')):>10.2f}")
+  print("JAX/torch: PyTorch's step time over JAX's (>1: JAX faster). ceiling: GFLOP/s of a jitted "
+        f"{MATMUL_SIZE}^2 f32 matmul timed alongside. pipeline: steps/s fed by tf.data over "
+        "steps/s on one cached batch.")
+
+
+def _machine() -> dict:
+  import torch  # noqa: PLC0415
+  model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+  return {"host": platform.node(), "cpu": model, "cpu_count": os.cpu_count(),
+          "cores_used": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+          "jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version(),
+          "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+          "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+def main(argv):
+  del argv
+  unknown = sorted(set(FLAGS.entries) - set(ENTRIES))
+  if unknown:
+    raise app.UsageError(f"unknown entries {unknown}; known: {', '.join(ENTRIES)}")
+  import torch  # noqa: PLC0415
+  if FLAGS.threads:
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:FLAGS.threads])
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  load_before = os.getloadavg()
+  rows = []
+  for name in FLAGS.entries:
+    logging.info("measuring %s", name)
+    rows.append(measure(name))
+    _check_losses(rows[-1])
+  result = {**_machine(), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+            "repeats": FLAGS.repeats, "steps_per_repeat": FLAGS.steps, "entries": rows}
+  _print_table(rows)
+  print(f"load average before {load_before[0]:.1f}, after {result['load_avg_after'][0]:.1f} "
+        f"on {result['cores_used']} cores (numbers under load are provisional)")
+  out = pathlib.Path(FLAGS.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2) + "\n")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,112 @@
+"""PyTorch references of mmjax's core train steps, for the speed ratios of benchmarks/core_steps.py.
+
+Each reference is the same model, shapes, loss and optimizer as the engine's step, written the
+ordinary PyTorch way (eager mode, torch.optim), and can load the JAX params so the harness checks
+that both compute the same loss before it times them. Needs requirements-bench.txt (CPU torch).
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _ReverseGradient(torch.autograd.Function):
+  """Identity forward, -coeff * g backward (Ganin et al. 2016, eq. 13-14)."""
+
+  @staticmethod
+  def forward(ctx, x, coeff):
+    ctx.coeff = coeff
+    return x.view_as(x)
+
+  @staticmethod
+  def backward(ctx, g):
+    return -ctx.coeff * g, None
+
+
+class DannLeNet(nn.Module):
+  """mmjax's LeNet (conv 32 5x5, pool, conv 48 5x5, pool, 100, 100, classes) with DANN's domain
+  classifier (domain_layers x domain_hidden ReLU, then 1 logit) behind a gradient reversal."""
+
+  def __init__(self, num_classes=10, hidden=100, domain_hidden=1024, domain_layers=2):
+    super().__init__()
+    self.conv1 = nn.Conv2d(1, 32, 5)
+    self.conv2 = nn.Conv2d(32, 48, 5)
+    self.fc1 = nn.Linear(4 * 4 * 48, hidden)
+    self.fc2 = nn.Linear(hidden, hidden)
+    self.head = nn.Linear(hidden, num_classes)
+    sizes = [hidden] + [domain_hidden] * domain_layers
+    self.domain = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+    self.domain_head = nn.Linear(sizes[-1], 1)
+
+  def forward(self, x, reversal: float):
+    x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+    x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+    # Flatten in (h, w, c) order, as the NHWC JAX model does, so the two share fc1's weights.
+    x = x.permute(0, 2, 3, 1).flatten(1)
+    features = F.relu(self.fc2(F.relu(self.fc1(x))))
+    h = _ReverseGradient.apply(features, reversal)
+    for layer in self.domain:
+      h = F.relu(layer(h))
+    return self.head(features), self.domain_head(h)[:, 0]
+
+  def load_jax_params(self, params) -> None:
+    """Copies a JAX DomainAdversarialNet(LeNet) param tree (HWIO convs, [in, out] denses) in."""
+    pairs = [(self.conv1, params["backbone"]["conv1"]), (self.conv2, params["backbone"]["conv2"]),
+             (self.fc1, params["backbone"]["fc1"]), (self.fc2, params["backbone"]["fc2"]),
+             (self.head, params["backbone"]["head"]), (self.domain_head, params["domain_head"])]
+    pairs += [(layer, params[f"domain_fc{i + 1}"]) for i, layer in enumerate(self.domain)]
+    with torch.no_grad():
+      for module, p in pairs:
+        kernel = np.asarray(p["kernel"])
+        kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
+        module.weight.copy_(torch.tensor(kernel))
+        module.bias.copy_(torch.tensor(np.asarray(p["bias"])))
+
+
+def dann_loss(model, source_images, source_labels, target_images, reversal):
+  """Source cross-entropy + mean domain BCE over source (0) and target (1), one forward pass."""
+  n = source_images.shape[0]
+  logits, domain_logits = model(torch.cat([source_images, target_images]), reversal)
+  domain = torch.cat([torch.zeros(n), torch.ones(target_images.shape[0])])
+  return (F.cross_entropy(logits[:n], source_labels)
+          + F.binary_cross_entropy_with_logits(domain_logits, domain))
+
+
+class DannStep:
+  """One DANN train step: SGD momentum with coupled weight decay (optax add_decayed_weights then
+  sgd, which is what torch.optim.SGD(weight_decay=...) computes), DANN's lr and lambda schedules.
+
+  Images come in NHWC (the pipeline's layout) and are moved to NCHW once, outside the timed step.
+  """
+
+  def __init__(self, batch, config, total_steps: int, params=None):
+    self.model = DannLeNet(config.model.num_classes, domain_hidden=config.adapt.domain_hidden,
+                           domain_layers=config.adapt.domain_layers)
+    if params is not None:
+      self.model.load_jax_params(params)
+    o, a = config.optim, config.adapt
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                               weight_decay=o.weight_decay)
+    self._lr = lambda p: o.lr / (1.0 + o.decay_alpha * p) ** o.decay_beta
+    self._reversal = lambda p: a.lambda_max * (2.0 / (1.0 + np.exp(-a.gamma * p)) - 1.0)
+    self.total_steps, self.step = total_steps, 0
+    to_nchw = lambda v: torch.from_numpy(np.ascontiguousarray(np.asarray(v).transpose(0, 3, 1, 2)))
+    self.source = to_nchw(batch["source"]["image"])
+    self.labels = torch.from_numpy(np.asarray(batch["source"]["label"]).astype(np.int64))
+    self.target = to_nchw(batch["target"]["image"])
+
+  def loss(self, progress: float = 0.0) -> float:
+    with torch.no_grad():
+      return float(dann_loss(self.model, self.source, self.labels, self.target,
+                             self._reversal(progress)))
+
+  def __call__(self) -> float:
+    progress = self.step / self.total_steps
+    for group in self.opt.param_groups:
+      group["lr"] = self._lr(progress)
+    self.opt.zero_grad(set_to_none=True)
+    loss = dann_loss(self.model, self.source, self.labels, self.target, self._reversal(progress))
+    loss.backward()
+    self.opt.step()
+    self.step += 1
+    return loss

@@ -1,0 +1,115 @@
+"""Faster XLA:CPU gradients for the pooling and first conv layers of small CNNs: same math, params.
+
+Measured on a 2-core AVX-512 CPU (benchmarks/README.md): the gradient of `nn.max_pool` lowers to
+select_and_scatter, which XLA:CPU runs slowly, and the weight gradient of a conv whose input has one
+channel (a grayscale image) lowers to an Eigen convolution with batch 1 and a window as large as the
+image, ~7x slower than the same sums as one matmul. Here non-overlapping pooling is a reshape and a
+max, and such a conv keeps XLA's forward and input gradient but takes its weight gradient as
+im2col patches times the output gradient.
+
+Use `conv_general_dilated` as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: params,
+their names and initialisation stay nn.Conv's, so checkpoints and configs are unaffected.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Input channels up to which the matmul weight gradient is used. Measured (one core, 256 images,
+# 5x5 kernels): 1 channel 7x faster than XLA's, 3 channels no faster, 32 channels 1.6x slower.
+MATMUL_GRAD_MAX_CHANNELS = 1
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def max_pool(x, window: tuple[int, int]):
+  """`nn.max_pool(x, window, strides=window)` (VALID) on NHWC input, as a reshape and a max.
+
+  The values are identical. Where several inputs of a window tie for the maximum, the gradient is
+  split among them instead of going to the first one; after a ReLU such ties are zeros, whose
+  gradient the ReLU zeroes anyway.
+  """
+  n, h, w, c = x.shape
+  ph, pw = window
+  oh, ow = h // ph, w // pw
+  if not (oh and ow):
+    raise ValueError(f"max_pool window {window} is larger than the input's {h}x{w} pixels")
+  x = x[:, :oh * ph, :ow * pw]  # VALID pooling drops the incomplete last row/column
+  return x.reshape(n, oh, ph, ow, pw, c).max(axis=(2, 4))
+
+
+def channel_major_patches(x, kernel_hw: tuple[int, int]):
+  """im2col, transposed: [n, h, w, c] -> [kh * kw * c, n * oh * ow], rows ordered (kh, kw, c).
+
+  Built channel-major so that every copied run is a row of the image, not one pixel's channels.
+  """
+  kh, kw = kernel_hw
+  oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  planes = x.transpose(3, 0, 1, 2)
+  rows = [planes[:, :, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)]
+  return jnp.stack(rows).reshape(kh * kw * x.shape[3], -1)
+
+
+def _xla_conv(x, kernel, precision):
+  return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_valid(x, kernel, precision=None):
+  """Stride-1 VALID convolution, NHWC input and HWIO kernel, with a matmul weight gradient."""
+  return _xla_conv(x, kernel, precision)
+
+
+def _conv_valid_fwd(x, kernel, precision):
+  return _xla_conv(x, kernel, precision), (x, kernel)
+
+
+def _conv_valid_bwd(precision, residuals, g):
+  """dW = patches g; dx is XLA's (dropped entirely when x needs no gradient, like input images)."""
+  x, kernel = residuals
+  kh, kw, _, features = kernel.shape
+  d_kernel = jnp.dot(channel_major_patches(x, (kh, kw)), g.reshape(-1, features),
+                     precision=precision, preferred_element_type=jnp.float32)
+  _, conv_vjp = jax.vjp(lambda v: _xla_conv(v, kernel, precision), x)
+  return conv_vjp(g)[0], d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
+
+
+def _is_plain_2d(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+                 feature_group_count, batch_group_count) -> bool:
+  """Whether a conv is the stride-1, undilated, ungrouped NHWC x HWIO kind `conv_valid` handles."""
+  if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
+    return False
+  ones = (None, (1, 1), [1, 1])
+  if tuple(window_strides) != (1, 1) or lhs_dilation not in ones or rhs_dilation not in ones:
+    return False
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` (the signature nn.Conv's `conv_general_dilated` hook calls) that
+  runs stride-1 2-D NHWC convs of at most MATMUL_GRAD_MAX_CHANNELS input channels as
+  `conv_valid` after explicit padding; every other conv is lax's."""
+  if (preferred_element_type is not None or lhs.ndim != 4
+      or lhs.shape[3] > MATMUL_GRAD_MAX_CHANNELS or not _is_plain_2d(
+          lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+          feature_group_count, batch_group_count)):
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  (top, bottom), (left, right) = padding
+  if min(top, bottom, left, right) < 0:
+    raise ValueError(f"negative conv padding {padding} is not supported")
+  if top or bottom or left or right:
+    lhs = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  return conv_valid(lhs, rhs, precision)

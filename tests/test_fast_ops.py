@@ -1,0 +1,144 @@
+"""The fast conv/pool lowerings against XLA's plain ops, and the bfloat16 compute path."""
+import pathlib
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from mmjax import config as config_lib
+from mmjax import methods
+from mmjax.models import LeNet, fast_ops
+from mmjax.train import optim, steps
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _close_trees(a, b, rtol, atol):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                               rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 9, 7, 3)])
+def test_max_pool_matches_reduce_window_values_and_gradients(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous values: no ties
+  plain = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+  np.testing.assert_array_equal(fast_ops.max_pool(x, (2, 2)), plain(x))
+  weights = jax.random.normal(jax.random.PRNGKey(1), plain(x).shape)
+  grad = lambda pool: jax.grad(lambda v: jnp.sum(pool(v) * weights))(x)  # noqa: E731
+  np.testing.assert_array_equal(grad(lambda v: fast_ops.max_pool(v, (2, 2))), grad(plain))
+
+
+def _numpy_conv(x, w):
+  """Direct sum over the kernel window: the definition of a stride-1 VALID NHWC/HWIO conv."""
+  kh, kw = w.shape[:2]
+  oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  out = np.zeros((x.shape[0], oh, ow, w.shape[3]))
+  for i in range(kh):
+    for j in range(kw):
+      out += np.einsum("nhwc,co->nhwo", x[:, i:i + oh, j:j + ow], w[i, j])
+  return out
+
+
+@pytest.mark.parametrize("padding,channels", [("VALID", 1), ("SAME", 1), (((1, 0), (2, 1)), 1),
+                                              ("VALID", 3)])
+def test_conv_matches_definition_and_xla_gradients(padding, channels):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(kx, (2, 9, 8, channels))
+  w = jax.random.normal(kw, (3, 5, channels, 6))
+  pads = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], (1, 1), padding) if isinstance(
+      padding, str) else padding
+  plain = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC)  # noqa: E731
+  if channels <= fast_ops.MATMUL_GRAD_MAX_CHANNELS:
+    fast = lambda x, w: fast_ops.conv_general_dilated(x, w, (1, 1), padding,  # noqa: E731
+                                                      dimension_numbers=NHWC)
+  else:  # past the dispatch threshold conv_valid still computes the same conv
+    fast = lambda x, w: fast_ops.conv_valid(jnp.pad(x, ((0, 0), *pads, (0, 0))), w)  # noqa: E731
+  y = fast(x, w)
+  padded = np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
+  np.testing.assert_allclose(y, _numpy_conv(padded, np.asarray(w, np.float64)),
+                             rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(kg, y.shape)
+  grads = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) * g), argnums=(0, 1))(x, w)  # noqa: E731
+  _close_trees(grads(fast), grads(plain), rtol=1e-5, atol=1e-4)
+
+
+def test_conv_hands_other_kinds_to_xla():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 4))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 4))
+  kwargs = dict(dimension_numbers=NHWC, feature_group_count=2)
+  np.testing.assert_array_equal(
+      fast_ops.conv_general_dilated(x, w, (2, 2), "SAME", **kwargs),
+      lax.conv_general_dilated(x, w, (2, 2), "SAME", **kwargs))
+
+
+def test_fast_lenet_has_the_plain_params_outputs_and_gradients():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (6, 28, 28, 1))
+  fast, plain = LeNet(), LeNet(fast_ops=False)
+  params = fast.init(jax.random.PRNGKey(1), x)["params"]
+  _close_trees(params, plain.init(jax.random.PRNGKey(1), x)["params"], rtol=0, atol=0)
+
+  def loss(model):
+    return lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x)["logits"]))
+
+  np.testing.assert_allclose(fast.apply({"params": params}, x)["logits"],
+                             plain.apply({"params": params}, x)["logits"], rtol=1e-5, atol=1e-5)
+  _close_trees(jax.grad(loss(fast))(params), jax.grad(loss(plain))(params), rtol=1e-4, atol=1e-5)
+
+
+def _dann_setup(dtype):
+  cfg = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
+                                       {"dtype": dtype})
+  dann = methods.get_method("dann")
+  rng = np.random.default_rng(0)
+  batch = {k: {"image": rng.random((8, 28, 28, 1), dtype=np.float32),
+               "label": rng.integers(0, 10, 8).astype(np.int32)} for k in ("source", "target")}
+  return cfg, dann, dann.build_model(cfg), batch
+
+
+def test_bfloat16_computes_in_bf16_close_to_fp32_and_keeps_params_state_loss_fp32():
+  cfg32, dann, model32, batch = _dann_setup("float32")
+  cfg16, _, model16, _ = _dann_setup("bfloat16")
+  params = model32.init(jax.random.PRNGKey(0), batch["source"]["image"])["params"]
+  images = jnp.concatenate([batch["source"]["image"], batch["target"]["image"]])
+  out16 = model16.apply({"params": params}, images, reversal=0.5)
+  out32 = model32.apply({"params": params}, images, reversal=0.5)
+  assert out16["features"].dtype == jnp.bfloat16  # computed in bf16 ...
+  assert out16["logits"].dtype == out16["domain_logits"].dtype == jnp.float32  # ... losses in fp32
+  _close_trees(out16, out32, rtol=0.05, atol=0.05)
+
+  def loss_grads(cfg, model):
+    loss = dann.make_loss(cfg)
+    return jax.grad(lambda p: loss(model, p, batch, jax.random.PRNGKey(1), 0.3)[0])(params)
+
+  g16, g32 = loss_grads(cfg16, model16), loss_grads(cfg32, model32)
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g16))
+  # bf16 keeps ~3 significant digits; after a dozen layers each leaf is within 20%, all within 5%.
+  for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+    assert np.linalg.norm(a - b) <= 0.2 * np.linalg.norm(b)
+  flat16, flat32 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (g16, g32))
+  assert np.linalg.norm(flat16 - flat32) <= 0.05 * np.linalg.norm(flat32)
+  tx = optim.make_optimizer(cfg16.optim, 10)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state, metrics = jax.jit(steps.make_update(dann.make_loss(cfg16), model16, tx, 10))(
+      state, batch, jax.random.PRNGKey(2))
+  floats = [x for x in jax.tree.leaves((state.params, state.opt_state)) if x.dtype.kind == "f"]
+  assert floats and all(x.dtype == jnp.float32 for x in floats)
+  assert metrics["loss"].dtype == jnp.float32
+
+
+def test_torch_reference_computes_the_engine_dann_loss():
+  pytest.importorskip("torch")
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import torch_reference  # noqa: PLC0415
+  cfg, dann, model, batch = _dann_setup("float32")
+  params = model.init(jax.random.PRNGKey(0), batch["source"]["image"])["params"]
+  want = dann.make_loss(cfg)(model, params, batch, jax.random.PRNGKey(1), 0.4)[0]
+  step = torch_reference.DannStep(batch, cfg, 10, params=jax.device_get(params))
+  np.testing.assert_allclose(step.loss(0.4), want, rtol=1e-5)
