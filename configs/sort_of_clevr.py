@@ -50,6 +50,7 @@ def get_config(arg=None):
     c.eval_every = 0
     c.checkpoint.every = 1000
     c.optim.warmup_steps = 200
+    c.optim.lr = 1e-3
   return c
 
 
