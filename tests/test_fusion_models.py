@@ -215,7 +215,7 @@ def test_recall_at_k_on_a_hand_made_similarity():
   emb = jnp.eye(3)
   both = two_way_recall(emb, emb[::-1], jnp.arange(3), jnp.asarray([2, 1, 0]), ("image", "audio"),
                         ks=(1,))
-  assert both == {"image_to_audio/R@1": 1.0, "audio_to_image/R@1": 1.0}
+  assert both == {"image_to_audio_R@1": 1.0, "audio_to_image_R@1": 1.0}
 
 
 def test_dual_encoder_embeddings_temperature_and_training():

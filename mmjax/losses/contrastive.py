@@ -41,12 +41,13 @@ def two_way_recall(emb_a, emb_b, labels_a, labels_b, names=("a", "b"), ks=(1, 5,
   """Recall@K of retrieving b from a and a from b by the dot product of L2-normalised [N, D]
   embeddings (their cosine similarity).
 
-  Returns {"<a>_to_<b>/R@k": value, "<b>_to_<a>/R@k": value}.
+  Returns {"<a>_to_<b>_R@k": value, "<b>_to_<a>_R@k": value} (no "/": tables name a metric
+  "<eval set>/<number>").
   """
   similarity = emb_a @ emb_b.T
   a, b = names
-  results = {f"{a}_to_{b}/R@{k}": v
+  results = {f"{a}_to_{b}_R@{k}": v
              for k, v in recall_at_k(similarity, labels_a, labels_b, ks).items()}
-  results.update({f"{b}_to_{a}/R@{k}": v
+  results.update({f"{b}_to_{a}_R@{k}": v
                   for k, v in recall_at_k(similarity.T, labels_b, labels_a, ks).items()})
   return results

@@ -63,10 +63,7 @@ def summarize_eval(collected):
   """Recall@1/5/10 both ways from the split's embeddings (real rows only)."""
   emb_a, emb_b = np.asarray(collected["a"], np.float32), np.asarray(collected["b"], np.float32)
   labels = np.asarray(collected["label"])
-  similarity = emb_a @ emb_b.T
-  a_to_b = contrastive.recall_at_k(similarity, labels, labels, KS)
-  b_to_a = contrastive.recall_at_k(similarity.T, labels, labels, KS)
-  results = {f"a_to_b_R@{k}": float(a_to_b[k]) for k in KS}
-  results.update({f"b_to_a_R@{k}": float(b_to_a[k]) for k in KS})
+  results = {k: float(v) for k, v in contrastive.two_way_recall(emb_a, emb_b, labels, labels,
+                                                               ks=KS).items()}
   results["n"] = int(len(labels))
   return results
