@@ -5,7 +5,10 @@ With no flags it runs the quickstart: a small fusion Transformer on generated So
 Overrides: --config.train.steps=200 --config.optim.lr=0.01 (unknown keys stop the run at once).
 Several processes: --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or nothing on a
 cloud TPU pod or under SLURM, where jax.distributed finds them itself.
+Several runs as one vmapped sweep: --sweep=FILE.json, {"runs": [{"config": "configs/x.py:arg",
+"overrides": {"seed": "1", ...}, "workdir": "..."}, ...]} (the experiment runner writes these).
 """
+import json
 import os
 import sys
 
@@ -23,6 +26,8 @@ flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for mul
 flags.DEFINE_integer("num_processes", None, "number of processes of a multi-process run")
 flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection")
+flags.DEFINE_string("sweep", None, "a JSON file of runs to train together as one sweep "
+                    "(mmjax/train/sweep.py); replaces --config and --workdir")
 FLAGS = flags.FLAGS
 
 
@@ -52,6 +57,8 @@ def main(argv, overrides):
   from mmjax import config as config_lib
   from mmjax import logs
   logs.setup()
+  if FLAGS.sweep:
+    return run_sweep(FLAGS.sweep, overrides)
   if FLAGS.config is None:
     FLAGS.config, FLAGS.workdir = QUICKSTART[0], FLAGS.workdir or QUICKSTART[1]
     logging.info("no --config: running the quickstart %s in %s", FLAGS.config, FLAGS.workdir)
@@ -78,6 +85,29 @@ def main(argv, overrides):
   results = train.get_trainer(config.trainer)(config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(summary(results))
+
+
+def run_sweep(path, overrides):
+  """Trains the runs listed in `path` as one sweep; exit status 1 if a run did not finish."""
+  from mmjax import config as config_lib
+  if overrides:
+    sys.exit("--config.* overrides do not apply to --sweep; put them in the sweep file")
+  try:
+    spec = json.loads(open(path).read())
+    runs = [(config_lib.load_with_overrides(r["config"], r.get("overrides", {})), r["workdir"])
+            for r in spec["runs"]]
+  except (OSError, ValueError, KeyError, TypeError, config_lib.ConfigError) as e:
+    sys.exit(f"bad sweep file {path}: {type(e).__name__}: {e}")
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  from mmjax.train import sweep
+  try:
+    results = sweep.train_runs([sweep.Run(config, workdir) for config, workdir in runs])
+  except sweep.SweepError as e:
+    sys.exit(f"these runs cannot train as one sweep: {e}")
+  for (_, workdir), result in zip(runs, results):
+    print(f"{workdir}: " + (summary(result) if result else "FAILED (see its sweep_errors.txt)"))
+  return 0 if all(r and not r.get("preempted") for r in results) else 1
 
 
 def summary(results) -> str:

@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.optim.lr = 0.001
   c.train.steps = 10_000 if arg.endswith("_cpu") else 70_000
   c.train.log_every = 500
+  c.train.sweep_axis = "vmap"      # as a sweep: the tiny MLP's runs batch well (benchmarks/README.md)
   c.checkpoint.every = 5000
   return c
 

@@ -45,7 +45,7 @@ SPEC = tables.TableSpec(
 
 def forward_and_reverse(root, cells):
   """Runs the candidates, then the reverse-validation run of each finished candidate."""
-  runner = experiments.Runner(root, FLAGS.parallel)
+  runner = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep)
   status = runner.run(cells)
   reverse = {c: selection.reverse_cell(root, c) for c in cells if experiments.is_finished(root, c)}
   status.update(runner.run(list(reverse.values())))

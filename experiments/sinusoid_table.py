@@ -99,7 +99,7 @@ def main(argv):
   quick = (("train.steps", "200"), ("meta.test_tasks", "50")) if FLAGS.quick else ()
   cells = experiments.grid(settings, range(1 if FLAGS.quick else FLAGS.seeds), quick)
   root = pathlib.Path(FLAGS.workdir)
-  status = experiments.Runner(root, FLAGS.parallel).run(cells)
+  status = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep).run(cells)
   records = tables.collect(root, cells, SPEC)
   out = pathlib.Path(FLAGS.out or (root / "tables" if FLAGS.quick
                                    else experiments.REPO / "docs/results"))

@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.log_every = 50
+  c.train.sweep_axis = "unroll"    # sweep mode: one copy of the step per run, one call per step
+                                   # (safe default); "vmap" batches runs (tiny models), "map" loops
+                                   # them in lax.map. XLA:CPU runs convs in loops or vmapped ~30x
+                                   # slower (benchmarks/README.md, "Sweeps")
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"             # sgd | adam | adamw
@@ -218,3 +222,42 @@ def from_workdir(workdir) -> ml_collections.ConfigDict:
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: {workdir} is not an mmjax run's workdir")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+# Sweep mode (mmjax/train/sweep.py): fields that may differ between the runs of one sweep, besides
+# float hyperparameters and the eval sets.
+SWEEP_FREE_FIELDS = ("seed", "data.train", "data.target")
+
+
+def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
+  """{"a.b.c": value} for every leaf of the config, as its JSON form gives it."""
+  def flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = value
+    return out
+  return flat(json.loads(cfg.to_json_best_effort()))
+
+
+def sweep_key(cfg: ml_collections.ConfigDict):
+  """Configs with equal keys can train as one sweep; None when this config cannot sweep at all.
+
+  Runs of a sweep may differ in seed, data.train / data.target (datasets of equal array shapes),
+  evals and any float field; everything else (shapes, steps, code paths) must be equal.
+  """
+  if cfg.trainer not in ("standard", "meta") or cfg.parallel != "jit" or cfg.init_from.workdir:
+    return None
+  key = {path: "<float>" if isinstance(value, float) else value
+         for path, value in flat_fields(cfg).items()
+         if path not in SWEEP_FREE_FIELDS and not path.startswith("evals.")}
+  return json.dumps(key, sort_keys=True)
+
+
+def varying_floats(configs) -> dict:
+  """{field path: [value per config]} for the float fields whose values differ between configs."""
+  fields = [flat_fields(c) for c in configs]
+  return {path: [f[path] for f in fields] for path, value in fields[0].items()
+          if isinstance(value, float) and any(f[path] != value for f in fields)}

@@ -3,9 +3,15 @@
 A cell whose workdir holds a finished `results.json` is never run again; an interrupted cell is
 started again with the same command and so resumes from its checkpoint. Cells run as `launch.py`
 subprocesses, so a crash or a kill of one never takes another's result with it.
+
+Sweep mode (on unless turned off): cells whose configs differ only in seed, datasets, evals and
+float hyperparameters (config.sweep_key) train together as one vmapped program in one subprocess
+(mmjax/train/sweep.py), each still in its own workdir. Cells a sweep did not finish (it failed, or
+they cannot share it after all) then run one by one, resuming from what the sweep saved.
 """
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -18,6 +24,7 @@ import time
 
 from absl import logging
 
+from mmjax import config as config_lib
 from mmjax.config import load_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,13 +75,33 @@ def is_finished(root: pathlib.Path, cell: Cell) -> bool:
     return False
 
 
-class Runner:
-  """Runs unfinished cells, up to `parallel` at once; SIGTERM/Ctrl-C is passed on to the runs."""
+def cell_config(cell: Cell):
+  """The resolved config a cell runs (its config spec, overrides and seed)."""
+  return config_lib.load_with_overrides(str(REPO / cell.config),
+                                        {**dict(cell.overrides), "seed": str(cell.seed)})
 
-  def __init__(self, root, parallel: int = 1, env=None):
+
+def sweep_groups(cells) -> list:
+  """Cells grouped by config.sweep_key, in first-seen order; cells that cannot sweep, or have no
+  partner, come as groups of one."""
+  groups = {}
+  for i, cell in enumerate(cells):
+    key = config_lib.sweep_key(cell_config(cell))
+    groups.setdefault(key if key is not None else f"solo {i}", []).append(cell)
+  return list(groups.values())
+
+
+class Runner:
+  """Runs unfinished cells, up to `parallel` runs or sweeps at once; SIGTERM/Ctrl-C is passed on.
+
+  With `sweep` (the default), compatible cells train together as one sweep (see the docstring).
+  """
+
+  def __init__(self, root, parallel: int = 1, env=None, sweep: bool = True):
     self.root = pathlib.Path(root)
     self.parallel = max(1, parallel)
     self.env = {**os.environ, **(env or {})}
+    self.sweep = sweep
     self._procs = set()
     self._lock = threading.Lock()
     self._stopping = False
@@ -83,16 +110,62 @@ class Runner:
     """Returns {cell.key: "done" | "skipped" | "failed: ..." | "stopped"}."""
     todo = [c for c in cells if not is_finished(self.root, c)]
     status = {c.key: "skipped" for c in cells if c not in todo}
-    logging.info("%d cells: %d finished, %d to run", len(cells), len(status), len(todo))
+    groups = sweep_groups(todo) if self.sweep else [[c] for c in todo]
+    logging.info("%d cells: %d finished, %d to run in %d sweeps and %d single runs", len(cells),
+                 len(status), len(todo), sum(len(g) > 1 for g in groups),
+                 sum(len(g) == 1 for g in groups))
     previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
       with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-        for cell, outcome in zip(todo, pool.map(self._run_cell, todo)):
-          status[cell.key] = outcome
+        for outcome in pool.map(self._run_group, groups):
+          status.update(outcome)
     finally:
       for s, handler in previous.items():
         signal.signal(s, handler)
     return status
+
+  def _run_group(self, group) -> dict:
+    """Runs a sweep of the group's cells, then one by one any cell it did not finish."""
+    if len(group) > 1:
+      self._run_sweep(group)
+    return {cell.key: "done" if len(group) > 1 and is_finished(self.root, cell)
+            else self._run_cell(cell) for cell in group}
+
+  def _run_sweep(self, group) -> None:
+    if self._stopping:
+      return
+    spec = {"runs": [{"config": str(REPO / c.config),
+                      "overrides": {**dict(c.overrides), "seed": str(c.seed)},
+                      "workdir": str(cell_dir(self.root, c))} for c in group]}
+    text = json.dumps(spec, indent=1, sort_keys=True)
+    name = f"{slug(group[0].row)}_{len(group)}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    directory = self.root / "sweeps"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(text)
+    for cell in group:
+      cell_dir(self.root, cell).mkdir(parents=True, exist_ok=True)
+      with (cell_dir(self.root, cell) / "log.txt").open("a") as log:
+        log.write(f"trained in sweep {directory / name}.json with {len(group) - 1} other runs; "
+                  f"its log: {directory / name}.log\n")
+    start = time.time()
+    code = self._spawn([sys.executable, str(REPO / "launch.py"), f"--sweep={directory / name}.json"],
+                       directory / f"{name}.log")
+    finished = sum(is_finished(self.root, c) for c in group)
+    logging.info("sweep %s: %d of %d runs finished in %.0f s (exit %d)", name, finished,
+                 len(group), time.time() - start, code)
+    if finished < len(group) and not self._stopping:
+      logging.warning("sweep %s left %d runs unfinished (log: %s); running them one by one",
+                      name, len(group) - finished, directory / f"{name}.log")
+
+  def _spawn(self, args, log_path) -> int:
+    with open(log_path, "a") as log:
+      proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+      with self._lock:
+        self._procs.add(proc)
+      code = proc.wait()
+      with self._lock:
+        self._procs.discard(proc)
+    return code
 
   def _run_cell(self, cell: Cell) -> str:
     if self._stopping:
@@ -103,13 +176,7 @@ class Runner:
             f"--workdir={workdir}", f"--config.seed={cell.seed}"]
     args += [f"--config.{k}={v}" for k, v in cell.overrides]
     start = time.time()
-    with (workdir / "log.txt").open("a") as log:
-      proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-      with self._lock:
-        self._procs.add(proc)
-      code = proc.wait()
-      with self._lock:
-        self._procs.discard(proc)
+    code = self._spawn(args, workdir / "log.txt")
     if is_finished(self.root, cell):
       logging.info("%s done in %.0f s", cell.key, time.time() - start)
       return "done"

@@ -12,7 +12,9 @@ from mmjax import experiments, logs, plots, tables
 flags.DEFINE_string("workdir", None, "root of the cells' workdirs")
 flags.DEFINE_integer("seeds", 5, "seeds per cell")
 flags.DEFINE_bool("quick", False, "tiny scale (a few steps, one seed) to check the whole path")
-flags.DEFINE_integer("parallel", 1, "cells run at once")
+flags.DEFINE_integer("parallel", 1, "cells (or sweeps) run at once")
+flags.DEFINE_bool("sweep", True, "train cells that differ only in seed, datasets and float "
+                  "hyperparameters together, vmapped (mmjax/train/sweep.py); --nosweep: one by one")
 flags.DEFINE_string("out", None, "where the table and plots go "
                     "(default docs/results, or <workdir>/tables with --quick)")
 FLAGS = flags.FLAGS
@@ -54,7 +56,7 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   seeds = range(1 if FLAGS.quick else FLAGS.seeds)
   cells = experiments.grid(settings, seeds, quick_overrides if FLAGS.quick else ())
   root = pathlib.Path(FLAGS.workdir)
-  status = experiments.Runner(root, FLAGS.parallel).run(cells)
+  status = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep).run(cells)
   if FLAGS.quick:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
   paths = write_outputs(spec, root, cells, len(seeds), conclusion)

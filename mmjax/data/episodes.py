@@ -71,6 +71,8 @@ class EpisodeSampler:
 
 def batch(source, seed: int, step: int, indices) -> dict:
   """Tasks `indices` of step `step` of a task source, stacked on a leading task axis."""
+  if hasattr(source, "batch"):  # sources that draw many tasks in one call (sinusoid)
+    return source.batch(seed, step, indices)
   tasks = [source.task(seed, step, i) for i in indices]
   return {part: {k: np.stack([t[part][k] for t in tasks]) for k in tasks[0][part]}
           for part in tasks[0]}

@@ -90,12 +90,46 @@ def _global_index_stream(num_examples: int, seed: int, position: int) -> tf.data
   start_epoch, skip = divmod(position, num_examples)
 
   def epoch_indices(epoch):
-    permutation = tf.random.experimental.stateless_shuffle(
-        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+    permutation = _epoch_permutation(num_examples, seed, epoch)
     start = tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0)
     return tf.data.Dataset.from_tensor_slices(permutation[start:])
 
   return tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices)
+
+
+def _epoch_permutation(num_examples: int, seed: int, epoch) -> tf.Tensor:
+  """Epoch `epoch` of the global stream: a permutation of range(num_examples) from (seed, epoch)."""
+  return tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples, dtype=tf.int64),
+      seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
+class IndexStream:
+  """The example indices of TrainIterator's global stream, without tf.data or the arrays.
+
+  A vmapped sweep gathers each run's batches on the device from these indices; they are the rows
+  TrainIterator(arrays, seed=seed, position=position) would read, in the same order.
+  """
+
+  def __init__(self, num_examples: int, seed: int, position: int = 0):
+    tf_runtime.keep_tf_on_cpu()
+    self.num_examples, self.seed, self.position = num_examples, seed, position
+    self._epoch, self._permutation = None, None
+
+  def take(self, count: int) -> np.ndarray:
+    """The next `count` indices of the stream (int32)."""
+    out = np.empty(count, np.int32)
+    done = 0
+    while done < count:
+      epoch, offset = divmod(self.position, self.num_examples)
+      if epoch != self._epoch:
+        self._epoch = epoch
+        self._permutation = _epoch_permutation(self.num_examples, self.seed, epoch).numpy()
+      n = min(count - done, self.num_examples - offset)
+      out[done:done + n] = self._permutation[offset:offset + n]
+      done += n
+      self.position += n
+    return out
 
 
 def _gather(tensors: dict[str, tf.Tensor], indices: tf.Tensor) -> dict[str, tf.Tensor]:

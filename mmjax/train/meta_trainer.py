@@ -84,7 +84,7 @@ def _init_state(config, model, partitioner, example):
   return state, tx
 
 
-def _check(config):
+def check_config(config):
   if config.method != "maml":
     raise ValueError(f'config.trainer = "meta" runs method "maml", not {config.method!r}')
   if config.init_from.workdir:
@@ -101,11 +101,11 @@ def train_and_evaluate(config, workdir) -> dict:
   start_time = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  finished = trainer._finished_results(workdir, config.train.steps)  # pylint: disable=protected-access
+  finished = trainer.finished_results(workdir, config.train.steps)
   if finished is not None:
     logging.info("%s already holds the finished run's results; nothing to do", workdir)
     return finished
-  _check(config)
+  check_config(config)
   if jax.process_index() == 0:
     config_lib.write_json(config, workdir / "config.json")
 
@@ -139,7 +139,7 @@ def train_and_evaluate(config, workdir) -> dict:
                        out_shardings=partitioner.replicated)
   totals = new_totals()
   out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
-  preemption = trainer._Preemption()  # pylint: disable=protected-access
+  preemption = trainer.Preemption()
 
   def save(step):
     ckpt.save(step, {"state": state}, {"step": step, "meta_batch": meta_batch,
@@ -198,7 +198,7 @@ def train_and_evaluate(config, workdir) -> dict:
   results = {
       "step": config.train.steps,
       "eval": {"meta_test": final},
-      "final_train": values or trainer._last_train_row(workdir),  # pylint: disable=protected-access
+      "final_train": values or trainer.last_train_row(workdir),
       "wall_time_s": wall_before + time.time() - start_time,
       "config": json.loads(config.to_json_best_effort()),
       "devices": jax.device_count(),

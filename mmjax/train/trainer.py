@@ -27,7 +27,7 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the run stopped without overwriting good checkpoints."""
 
 
-class _Preemption:
+class Preemption:
   """Turns SIGTERM (how cloud TPUs and SLURM announce preemption) into a flag the loop polls."""
 
   def __init__(self):
@@ -52,7 +52,7 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _finished_results(workdir: pathlib.Path, steps_total: int):
+def finished_results(workdir: pathlib.Path, steps_total: int):
   path = workdir / "results.json"
   if not path.exists():
     return None
@@ -64,17 +64,25 @@ def _finished_results(workdir: pathlib.Path, steps_total: int):
   return results if results.get("step") == steps_total else None
 
 
-def _load_eval_sets(config):
+def load_eval_sets(config):
   return {name: data_lib.load_split(ev.dataset, ev.split, data_dir=config.data.dir,
                                     tfds_dir=config.data.tfds_dir)
           for name, ev in config.evals.items()}
 
 
-def evaluate(method, config, model, params, eval_sets, partitioner, batch_size):
-  """Full passes over every eval set; returns {name: {accuracy, loss, n}}."""
-  eval_step = jax.jit(functools.partial(method.make_eval(config), model),
-                      in_shardings=(partitioner.replicated, partitioner.batch_sharding),
-                      out_shardings=partitioner.replicated)
+def make_eval_step(method, config, model, partitioner):
+  """eval_step(params, global batch) -> the method's eval outputs, compiled for the mesh."""
+  return jax.jit(functools.partial(method.make_eval(config), model),
+                 in_shardings=(partitioner.replicated, partitioner.batch_sharding),
+                 out_shardings=partitioner.replicated)
+
+
+def evaluate(method, config, model, params, eval_sets, partitioner, batch_size, eval_step=None):
+  """Full passes over every eval set; returns {name: {accuracy, loss, n}}.
+
+  `eval_step` (from make_eval_step) lets many runs of one model share one compiled eval step.
+  """
+  eval_step = eval_step or make_eval_step(method, config, model, partitioner)
   results = {}
   window = steps.DispatchWindow()
   collect = getattr(method, "EVAL_COLLECTS", False)
@@ -120,7 +128,7 @@ def train_and_evaluate(config, workdir) -> dict:
   start_time = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  finished = _finished_results(workdir, config.train.steps)
+  finished = finished_results(workdir, config.train.steps)
   if finished is not None:
     logging.info("%s already holds the finished run's results; nothing to do", workdir)
     return finished
@@ -138,7 +146,7 @@ def train_and_evaluate(config, workdir) -> dict:
   stream_arrays = {name: data_lib.load_split(dataset, split, data_dir=config.data.dir,
                                              tfds_dir=config.data.tfds_dir)
                    for name, (dataset, split) in method.streams(config).items()}
-  eval_sets = _load_eval_sets(config)
+  eval_sets = load_eval_sets(config)
   first = next(iter(stream_arrays.values()))
   example = (method.example_inputs(config, first) if hasattr(method, "example_inputs")
              else example_inputs(first, config.data.input_key))
@@ -180,7 +188,7 @@ def train_and_evaluate(config, workdir) -> dict:
   totals = new_totals()
 
   out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
-  preemption = _Preemption()
+  preemption = Preemption()
 
   def mesh_state():
     """The state as replicated arrays on the mesh, whichever mode holds it."""
@@ -247,7 +255,7 @@ def train_and_evaluate(config, workdir) -> dict:
   results = {
       "step": config.train.steps,
       "eval": final,
-      "final_train": values or _last_train_row(workdir),
+      "final_train": values or last_train_row(workdir),
       "wall_time_s": wall_before + time.time() - start_time,
       "config": json.loads(config.to_json_best_effort()),
       "devices": jax.device_count(),
@@ -261,7 +269,7 @@ def train_and_evaluate(config, workdir) -> dict:
   return results
 
 
-def _last_train_row(workdir: pathlib.Path) -> dict:
+def last_train_row(workdir: pathlib.Path) -> dict:
   """The last logged train metrics, for a run resumed after its last step (killed during the final eval)."""
   path = workdir / "metrics.jsonl"
   rows = [json.loads(r) for r in path.read_text().splitlines() if r.strip()] if path.exists() else []
