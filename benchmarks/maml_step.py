@@ -1,10 +1,14 @@
 """Speed of the MAML meta-step: conv4, Omniglot 5-way 1-shot, 15 queries, meta-batch 32.
 
-python benchmarks/maml_step.py [--arg=5w1s] [--task_maps=vmap,map] [--steps=10] [--out=FILE.json]
+python benchmarks/maml_step.py [--arg=5w1s] [--task_maps=unroll,map,vmap] [--steps=10] [--torch]
+    [--out=FILE.json]
 
-For each way of running a meta-batch's tasks (jax.vmap over tasks, or lax.map one task at a time)
-it prints and writes JSON: first-step seconds (compile + run), tasks/s of the meta trainer's jitted
-update on one cached device meta-batch, and the host's seconds to draw a meta-batch of tasks.
+For each way of running a meta-batch's tasks (one program copy per task, lax.map one task at a
+time, or jax.vmap over tasks) it prints and writes JSON: first-step seconds (compile + run), tasks/s
+of the meta trainer's jitted update on one cached device meta-batch, and the host's seconds to draw
+a meta-batch of tasks. With --torch (second-order MAML only; needs requirements-bench.txt) it times
+the PyTorch reference on the same meta-batch in the same run (benchmarks/torch_reference.py,
+MamlConv4Step) and reports each task map's speed ratio to it.
 """
 import json
 import os
@@ -15,6 +19,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -26,7 +31,8 @@ from mmjax.methods import maml  # noqa: E402
 from mmjax.train import meta_trainer, optim, steps  # noqa: E402
 
 flags.DEFINE_string("arg", "5w1s", "configs/omniglot_maml.py arg")
-flags.DEFINE_list("task_maps", ["vmap", "map"], "ways to run the tasks of a meta-batch")
+flags.DEFINE_list("task_maps", ["unroll", "map", "vmap"], "ways to run the tasks of a meta-batch")
+flags.DEFINE_bool("torch", False, "also time the PyTorch reference and report speed ratios")
 flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 flags.DEFINE_string("out", "benchmarks/results/maml_step.json", "JSON output")
 FLAGS = flags.FLAGS
@@ -57,6 +63,29 @@ def measure(cfg, source, part):
   return first, cfg.meta.meta_batch / seconds
 
 
+def measure_torch(cfg, source):
+  """tasks/s of the PyTorch reference on the same meta-batch (2 threads, as XLA:CPU here)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch_reference  # pylint: disable=import-outside-toplevel
+  if cfg.meta.algorithm != "maml":
+    raise SystemExit("--torch compares second-order MAML only")
+  torch.set_num_threads(os.cpu_count())
+  step = torch_reference.MamlConv4Step(
+      episodes.batch(source, 0, 0, range(cfg.meta.meta_batch)), ways=cfg.meta.ways,
+      inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr, lr=cfg.optim.lr,
+      width=cfg.model.width)
+  step()  # warm-up
+  start = time.perf_counter()
+  step()
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    step()
+  seconds = (time.perf_counter() - start) / FLAGS.steps
+  return {"task_map": "torch", "first_step_s": first,
+          "tasks_per_s": cfg.meta.meta_batch / seconds, "torch": torch.__version__}
+
+
 def main(argv):
   del argv
   base = config_lib.load(str(REPO / f"configs/omniglot_maml.py:{FLAGS.arg}"))
@@ -67,11 +96,18 @@ def main(argv):
     episodes.batch(source, 0, step, range(base.meta.meta_batch))
   sample_s = (time.perf_counter() - start) / 5
   rows = []
+  # PyTorch first: once XLA:CPU's thread pool has run, torch's OpenMP threads on these 2 cores ran
+  # a meta-step 60x slower in the same process.
+  torch_row = measure_torch(base, source) if FLAGS.torch else None
   for task_map in FLAGS.task_maps:
     cfg = config_lib.load_with_overrides(str(REPO / f"configs/omniglot_maml.py:{FLAGS.arg}"),
                                          {"meta.task_map": task_map})
     first, tasks_per_s = measure(cfg, source, part)
     rows.append({"task_map": task_map, "first_step_s": first, "tasks_per_s": tasks_per_s})
+  if torch_row:
+    for row in rows:
+      row["speed_vs_torch"] = row["tasks_per_s"] / torch_row["tasks_per_s"]
+    rows.append(torch_row)
   result = {
       "benchmark": "maml_meta_step", "arg": FLAGS.arg, "algorithm": base.meta.algorithm,
       "ways": base.meta.ways, "shots": base.meta.shots, "queries": base.meta.queries,
@@ -81,9 +117,11 @@ def main(argv):
       "device_kind": jax.devices()[0].device_kind, "host": platform.node(),
       "cpu_count": os.cpu_count(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
   }
-  print(f"{'task map':<10}{'first step (s)':>16}{'tasks/s':>12}")
+  print(f"{'task map':<10}{'first step (s)':>16}{'tasks/s':>12}{'vs torch':>10}")
   for row in rows:
-    print(f"{row['task_map']:<10}{row['first_step_s']:>16.2f}{row['tasks_per_s']:>12.1f}")
+    ratio = f"{row['speed_vs_torch']:.2f}x" if "speed_vs_torch" in row else ""
+    print(f"{row['task_map']:<10}{row['first_step_s']:>16.2f}{row['tasks_per_s']:>12.1f}"
+          f"{ratio:>10}")
   print(f"host task sampling: {sample_s:.3f} s per meta-batch of {base.meta.meta_batch}")
   print(f"devices: {result['devices']} x {result['device_kind']} ({result['platform']})")
   out = pathlib.Path(FLAGS.out)

@@ -110,3 +110,62 @@ class DannStep:
     self.opt.step()
     self.step += 1
     return loss
+
+
+class MamlConv4Step:
+  """Second-order MAML meta-step of conv4 (Finn et al. 2017) the usual PyTorch way: tasks in a
+  Python loop, functional conv/batch-norm over a params list, inner gradients with create_graph,
+  torch.optim.Adam on the summed query losses (as learn2learn's and higher's MAML run it).
+
+  Same shapes as mmjax's omniglot_maml config: 4 x [3x3 stride-2 conv of `width`, batch-statistics
+  norm (eps 1e-3), ReLU], linear head on 2x2x`width`. Tasks: {"support"/"query": {"image" [T, N,
+  28, 28, 1] float32, "label" [T, N] int}} as numpy (mmjax.data.episodes.batch).
+  """
+
+  def __init__(self, tasks, ways: int, inner_steps: int, inner_lr: float, lr: float,
+               width: int = 64, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(width, 1, 3, 3)] + [(width, width, 3, 3)] * 3
+    self.params = []
+    for shape in shapes:
+      fan_in = shape[1] * 9
+      self.params += [torch.randn(shape, generator=gen) * (1 / fan_in) ** 0.5,
+                      torch.zeros(shape[0]), torch.ones(shape[0]), torch.zeros(shape[0])]
+    self.params += [torch.randn(ways, 4 * width, generator=gen) * (1 / (4 * width)) ** 0.5,
+                    torch.zeros(ways)]
+    for p in self.params:
+      p.requires_grad_(True)
+    self.opt = torch.optim.Adam(self.params, lr=lr)
+    self.inner_steps, self.inner_lr = inner_steps, inner_lr
+    self.tasks = [{part: (torch.from_numpy(np.ascontiguousarray(
+        tasks[part]["image"][t].transpose(0, 3, 1, 2))), torch.from_numpy(
+            tasks[part]["label"][t].astype(np.int64))) for part in ("support", "query")}
+                  for t in range(tasks["support"]["image"].shape[0])]
+
+  @staticmethod
+  def forward(params, x):
+    for i in range(4):
+      w, b, scale, shift = params[4 * i:4 * i + 4]
+      x = F.conv2d(x, w, b, stride=2, padding=1)
+      mean = x.mean((0, 2, 3), keepdim=True)
+      var = ((x - mean) ** 2).mean((0, 2, 3), keepdim=True)
+      x = F.relu((x - mean) / torch.sqrt(var + 1e-3) * scale[None, :, None, None]
+                 + shift[None, :, None, None])
+    return F.linear(x.flatten(1), params[-2], params[-1])
+
+  def __call__(self) -> float:
+    self.opt.zero_grad()
+    total = 0.0
+    for task in self.tasks:
+      fast = self.params
+      x, y = task["support"]
+      for _ in range(self.inner_steps):
+        grads = torch.autograd.grad(F.cross_entropy(self.forward(fast, x), y), fast,
+                                    create_graph=True)
+        fast = [p - self.inner_lr * g for p, g in zip(fast, grads)]
+      x, y = task["query"]
+      loss = F.cross_entropy(self.forward(fast, x), y) / len(self.tasks)
+      loss.backward()
+      total += float(loss.detach())
+    self.opt.step()
+    return total

@@ -142,15 +142,16 @@ def test_anil_adapts_only_the_head_and_reptile_steps_toward_the_adapted_params()
     np.testing.assert_allclose(g, p - a, rtol=1e-5, atol=1e-7)
 
 
-def test_vmap_and_lax_map_over_tasks_agree():
+def test_vmap_lax_map_and_unrolled_tasks_agree():
   cfg = tiny_config("maml")
   model, meta_params, data = tiny_setup(cfg)
   by_vmap = maml.make_meta_grad(cfg, model)(meta_params, data)
-  with cfg.unlocked():
-    cfg.meta.task_map = "map"
-  by_map = maml.make_meta_grad(cfg, model)(meta_params, data)
-  for a, b in zip(jax.tree.leaves(by_vmap), jax.tree.leaves(by_map)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  for how in ("map", "unroll"):
+    with cfg.unlocked():
+      cfg.meta.task_map = how
+    other = maml.make_meta_grad(cfg, model)(meta_params, data)
+    for a, b in zip(jax.tree.leaves(by_vmap), jax.tree.leaves(other)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_conv4_shapes_and_batch_statistics_norm():

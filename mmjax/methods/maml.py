@@ -45,8 +45,8 @@ def check_config(config, params) -> None:
                      f"use {', '.join(ALGORITHMS)}")
   if meta.loss not in ("cross_entropy", "mse"):
     raise ValueError(f"unknown config.meta.loss {meta.loss!r}; use cross_entropy or mse")
-  if meta.task_map not in ("vmap", "map"):
-    raise ValueError(f"unknown config.meta.task_map {meta.task_map!r}; use vmap or map")
+  if meta.task_map not in ("vmap", "map", "unroll"):
+    raise ValueError(f"unknown config.meta.task_map {meta.task_map!r}; use vmap, map or unroll")
   if meta.algorithm == "anil" and meta.head not in params:
     raise ValueError(f"config.meta.head={meta.head!r} is not a top-level param name; the model "
                      f"has {sorted(params)}")
@@ -108,8 +108,15 @@ def make_adapt(config, model):
 
 
 def over_tasks(fn, tasks, how: str):
-  """fn applied to each task of a meta-batch: jax.vmap, or lax.map (one task at a time)."""
-  return jax.vmap(fn)(tasks) if how == "vmap" else jax.lax.map(fn, tasks)
+  """fn applied to each task of a meta-batch: jax.vmap; lax.map (one task at a time, in a loop);
+  or unroll (one copy of fn per task in the program). On XLA:CPU, vmapped per-task convs become
+  grouped convs and convs inside loops lose the fast conv path; unrolled tasks keep it."""
+  if how == "vmap":
+    return jax.vmap(fn)(tasks)
+  if how == "map":
+    return jax.lax.map(fn, tasks)
+  outs = [fn(jax.tree.map(lambda v, i=i: v[i], tasks)) for i in range(len(jax.tree.leaves(tasks)[0]))]
+  return jax.tree.map(lambda *v: jnp.stack(v), *outs)
 
 
 def make_meta_grad(config, model):
