@@ -88,8 +88,9 @@ def test_every_config_builds_and_image_only_is_the_same_image_encoder():
   assert "strokes_encoder" not in shapes["image"]
 
 
-def test_quick_table_runs_the_fused_row(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+def test_quick_table_runs_the_fused_row_on_four_devices(tmp_path):
+  # The 4 tasks of a quick meta-step, one per device.
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   out = subprocess.run([sys.executable, str(REPO / "experiments/maml_multimodal_table.py"),
                         f"--workdir={tmp_path}", "--quick", "--rows=image_strokes"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=600)
