@@ -17,7 +17,9 @@ class EpisodeSampler:
   then `shots + queries` distinct examples of each, the first `shots` for the support set and the
   rest for the query set, so support and query never share an example. With `rotate_classes`,
   every class rotated by 90, 180 and 270 degrees is a class of its own (Santoro et al. 2016; MAML).
-  uint8 inputs come out as float32 in [0, 1], like the engine's pipeline.
+  Every array of the split but "label" is carried, row by row, so the modalities of a multimodal
+  example (omniglot_strokes' image and strokes) stay together; rotations need all of them to be
+  images. uint8 inputs come out as float32 in [0, 1], like the engine's pipeline.
   """
 
   def __init__(self, arrays, *, ways: int, shots: int, queries: int, rotate_classes: bool = False):
@@ -59,7 +61,7 @@ class EpisodeSampler:
              "query": (slice(self.shots, None), self.queries)}
     task = {}
     for part, (rows, count) in parts.items():
-      batch = {name: np.concatenate([np.rot90(values[idx[rows]], rotation, axes=(1, 2))
+      batch = {name: np.concatenate([_rotate(values[idx[rows]], rotation)
                                      for _, rotation, idx in chosen])
                for name, values in self.inputs.items()}
       batch = {k: v.astype(np.float32) / 255.0 if v.dtype == np.uint8 else v
@@ -67,6 +69,11 @@ class EpisodeSampler:
       batch["label"] = np.repeat(np.arange(self.ways, dtype=np.int32), count)
       task[part] = batch
     return task
+
+
+def _rotate(images, quarter_turns: int):
+  """Images [N, H, W, C] rotated by quarter_turns x 90 degrees; other arrays only when unrotated."""
+  return np.rot90(images, quarter_turns, axes=(1, 2)) if quarter_turns else images
 
 
 def batch(source, seed: int, step: int, indices) -> dict:
