@@ -1,6 +1,7 @@
 """Whole tables in sweep mode against run by run: wall time, speedup and equality of the results.
 
-python benchmarks/sweep_tables.py [--tables=amazon,sinusoid] [--solo_cells=4] [--full_solo]
+python benchmarks/sweep_tables.py [--tables=amazon,sinusoid] [--solo_cells=N] [--full_solo]
+    [--parallel=2]
 
 For each table it runs the table script in sweep mode (the default) into a fresh workdir and times
 it, then trains `--solo_cells` of its cells again one by one (spread over the sweeps, each as its
@@ -20,10 +21,11 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# table -> (script and flags, metric compared between modes, cells re-run alone by default)
 TABLES = {
-    "amazon": (["experiments/amazon_table.py", "--seeds=5"], ("target_test", "accuracy")),
+    "amazon": (["experiments/amazon_table.py", "--seeds=5"], ("target_test", "accuracy"), 4),
     "sinusoid": (["experiments/sinusoid_table.py", "--seeds=5", "--budget=full"],
-                 ("meta_test", "loss_step10")),
+                 ("meta_test", "loss_step10"), 2),
 }
 
 
@@ -52,7 +54,8 @@ def _spread(groups, count):
 
 
 def bench_table(name, solo_cells, full_solo, work, parallel):
-  script, metric = TABLES[name]
+  script, metric, default_solo = TABLES[name]
+  solo_cells = solo_cells or default_solo
   root = work / name
   start = time.time()
   subprocess.run([sys.executable, *script, f"--workdir={root / 'sweep'}",
@@ -87,7 +90,8 @@ def bench_table(name, solo_cells, full_solo, work, parallel):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tables", default="amazon,sinusoid")
-  parser.add_argument("--solo_cells", type=int, default=4)
+  parser.add_argument("--solo_cells", type=int, default=0,
+                      help="cells re-run alone (default: 4 for amazon, 2 for sinusoid)")
   parser.add_argument("--full_solo", action="store_true")
   parser.add_argument("--parallel", type=int, default=1, help="sweeps run at once")
   parser.add_argument("--out", default=str(REPO / "benchmarks/results/sweep_tables.json"))
