@@ -114,12 +114,21 @@ def _pct(x, digits=1):
   return "–" if x is None or x != x else f"{100 * x:.{digits}f}"
 
 
+def _ours(r, pm: str = "±") -> str:
+  """mean ± std; a cell of one seed has no spread to show, so only its value."""
+  if not r["n"]:
+    return "not run"
+  if r["n"] == 1 and not str(r["column"]).startswith("mean"):
+    return _pct(r["mean"])
+  return f"{_pct(r['mean'])} {pm} {_pct(r['std'])}"
+
+
 def to_markdown(spec, records, seeds_asked) -> str:
   extra = list(spec.extra_metrics)
   head = ["Task", "Method", "Ours", "n", "Published", "Δ"] + extra
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in records:
-    ours = f"{_pct(r['mean'])} ± {_pct(r['std'])}" if r["n"] else "not run"
+    ours = _ours(r)
     cells = [r["column"], r["row"], ours, str(r["n"]), _pct(r["published"]),
              "–" if r["diff"] is None else f"{100 * r['diff']:+.1f}"]
     cells += [_pct(r[label]) for label in extra]
@@ -139,7 +148,7 @@ def to_latex(spec, records, seeds_asked) -> str:
   head = ["Task", "Method", "Ours", "$n$", "Published", "$\\Delta$"] + [_tex(e) for e in extra]
   body = []
   for r in records:
-    ours = f"{_pct(r['mean'])} $\\pm$ {_pct(r['std'])}" if r["n"] else "not run"
+    ours = _ours(r, "$\\pm$")
     cells = [_tex(r["column"]), _tex(r["row"]), ours, str(r["n"]), _tex(_pct(r["published"])),
              "--" if r["diff"] is None else f"{100 * r['diff']:+.1f}"]
     cells += [_tex(_pct(r[label])) for label in extra]

@@ -128,3 +128,9 @@ def test_quick_amazon_table_has_every_row_and_the_mean(tmp_path):
       ("B→D", "DANN"), ("K→B", "NN (source only)"), ("mean of 4/12", "DANN")}
   for r in ran:
     assert 0.0 <= float(r["mean"]) <= 1.0 and r["published"] != ""
+
+
+def test_a_one_seed_cell_shows_its_value_without_a_spread(tmp_path):
+  cells = _fake_cells(tmp_path, [0.6])
+  md = tables.to_markdown(SPEC, tables.collect(tmp_path, cells, SPEC), 1)
+  assert "| X→Y | a | 60.0 | 1 |" in md and "60.0 ±" not in md
