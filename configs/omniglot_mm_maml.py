@@ -22,9 +22,8 @@ Args: <image|strokes|image_strokes>[_cpu], e.g. image_strokes_cpu.
   split, the alpha-0.1 probe's query accuracy after 1, 2, 3 steps was 67.5, 59.9, 53.4%: later
   steps overshoot).
 - _cpu: the budget of this 2-core CPU machine: 5 queries per class, meta-batch 8, 1000
-  meta-iterations, 200 test tasks, tasks unrolled in the step (meta.task_map = "unroll": 11.1
-  meta-steps/s here against 3.2 with lax.map and 2.3 with vmap; the CPU table in docs/results was
-  run with lax.map, which computes the same up to float rounding).
+  meta-iterations, 600 test tasks, tasks unrolled in the step (meta.task_map = "unroll": 11.1
+  meta-steps/s here against 3.2 with lax.map and 2.3 with vmap).
 """
 from mmjax.config import base_config
 
@@ -73,7 +72,6 @@ def get_config(arg=None):
   if cpu:
     c.meta.queries = 5
     c.meta.meta_batch = 8
-    c.meta.test_tasks = 200
     c.meta.task_map = "unroll"
     c.train.steps = 1000
     c.train.log_every = 50

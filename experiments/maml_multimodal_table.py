@@ -5,7 +5,7 @@ python experiments/maml_multimodal_table.py --workdir=runs/omniglot_mm [--budget
 
 Each cell is configs/omniglot_mm_maml.py:<row>[_cpu]: the same small Transformer and MAML recipe
 with the image, the strokes, or both fused by concatenation. The metric is meta-test accuracy on 600
-tasks (200 at the CPU budget) of alphabets unseen in meta-training, after 1 test-time step; the
+tasks of alphabets unseen in meta-training, after 1 test-time step; the
 table's ± is over seeds and the CI95 column is the 95% interval over tasks. Every row meets the
 same test tasks. No published numbers: no paper we know reports this task.
 """
@@ -37,7 +37,7 @@ def spec(budget: str, rows) -> tables.TableSpec:
            "test step, meta-batch 32, Adam 0.001, 60,000 meta-iterations.")
   if budget == "cpu":
     notes = ("CPU BUDGET (configs/omniglot_mm_maml.py *_cpu): 1000 meta-iterations of 8 tasks, "
-             "5 queries, 200 test tasks; same data, model and MAML settings otherwise.")
+             "5 queries, 600 test tasks; same data, model and MAML settings otherwise.")
   return tables.TableSpec(
       name="maml_multimodal" + ("_cpu" if budget == "cpu" else ""),
       title="Multimodal few-shot: Omniglot image + pen strokes, meta-test accuracy",

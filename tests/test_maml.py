@@ -283,6 +283,7 @@ def test_every_meta_config_builds_its_meta_params(name):
   for arg in module.ARGS:
     cfg = config_lib.load(f"{REPO / 'configs' / name}.py:{arg}")
     assert cfg.trainer == "meta" and cfg.method == "maml"
+    assert cfg.meta.test_tasks >= 600  # the meta-test size, at every budget
     model = maml.build_model(cfg)
     shape = (1, 28, 28, 1) if cfg.meta.dataset == "omniglot" else (1, 1)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))["params"]

@@ -79,8 +79,7 @@ def test_every_config_builds_and_image_only_is_the_same_image_encoder():
     assert not cfg.meta.rotate_classes
     shapes[arg] = _param_shapes(cfg)
     maml.check_config(cfg, shapes[arg])
-    if not arg.endswith("_cpu"):
-      assert cfg.meta.test_tasks == 600
+    assert cfg.meta.test_tasks >= 600  # the meta-test size, at every budget
   same = lambda a, b: jax.tree.map(lambda x, y: x.shape == y.shape, a, b)
   for m in ("image", "strokes"):
     for part in (f"{m}_tokenizer", f"{m}_encoder"):
