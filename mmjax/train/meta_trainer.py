@@ -5,7 +5,6 @@ saves and exits on SIGTERM, and returns a finished workdir's results. The tasks 
 (config.seed, s) alone (mmjax.data.episodes), so a checkpoint needs no data position; each process
 draws only its share of the meta-batch, which is sharded over the mesh on its task axis.
 """
-import json
 import pathlib
 import time
 
@@ -16,7 +15,6 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-import mmjax
 from mmjax import config as config_lib
 from mmjax.data import episodes
 from mmjax.methods import maml
@@ -195,18 +193,7 @@ def train_and_evaluate(config, workdir) -> dict:
     out.close()
     ckpt.close()
 
-  results = {
-      "step": config.train.steps,
-      "eval": {"meta_test": final},
-      "final_train": values or trainer.last_train_row(workdir),
-      "wall_time_s": wall_before + time.time() - start_time,
-      "config": json.loads(config.to_json_best_effort()),
-      "devices": jax.device_count(),
-      "processes": jax.process_count(),
-      "platform": jax.devices()[0].platform,
-      "versions": {"mmjax": mmjax.__version__, "jax": jax.__version__},
-  }
-  if jax.process_index() == 0:
-    writers.write_json_atomic(workdir / "results.json", results)
+  results = trainer.write_results(config, workdir, {"meta_test": final}, values,
+                                  wall_before + time.time() - start_time)
   logging.info("meta-test: %s", final)
   return results

@@ -18,7 +18,6 @@ others go on. Sweeps run in one process (the experiment runner starts one per gr
 import collections
 import copy
 import dataclasses
-import json
 import pathlib
 import time
 
@@ -28,7 +27,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-import mmjax
 from mmjax import config as config_lib
 from mmjax import data as data_lib
 from mmjax import methods
@@ -87,13 +85,9 @@ AXES = ("unroll", "vmap", "map")
 def _map_runs(fn, axis: str):
   """fn(*per-run args) over the leading run axis of every arg: "vmap" batches the runs, "map" loops
   over them (lax.map), "unroll" writes one copy of the step per run into the program."""
-  if axis == "vmap":
-    return jax.vmap(fn)
-  if axis == "map":
-    return lambda *args: jax.lax.map(lambda a: fn(*a), args)
-  if axis == "unroll":
-    return lambda *args: _stack([fn(*_row(args, i)) for i in range(len(jax.tree.leaves(args)[0]))])
-  raise ValueError(f"unknown config.train.sweep_axis {axis!r}; use {', '.join(AXES)}")
+  if axis not in AXES:
+    raise ValueError(f"unknown config.train.sweep_axis {axis!r}; use {', '.join(AXES)}")
+  return lambda *args: maml.over_tasks(lambda a: fn(*a), args, axis)  # the same three ways
 
 
 class _Standard:
@@ -474,21 +468,10 @@ class _Sweep:
 
   def _results(self, i, final, values, size, index):
     run = self.runs[i]
-    workdir = pathlib.Path(run.workdir)
-    results = {
-        "step": run.config.train.steps,
-        "eval": final,
-        "final_train": values or trainer.last_train_row(workdir),
-        "wall_time_s": self.walls[i] + time.time() - self.start_time,
-        "config": json.loads(run.config.to_json_best_effort()),
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "versions": {"mmjax": mmjax.__version__, "jax": jax.__version__},
-        "sweep": {"runs": size, "index": index, "axis": run.config.train.sweep_axis},
-    }
-    writers.write_json_atomic(workdir / "results.json", results)
-    return results
+    return trainer.write_results(
+        run.config, pathlib.Path(run.workdir), final, values,
+        self.walls[i] + time.time() - self.start_time,
+        sweep={"runs": size, "index": index, "axis": run.config.train.sweep_axis})
 
 
 def _scalars(evaluation: dict) -> dict:

@@ -252,20 +252,28 @@ def train_and_evaluate(config, workdir) -> dict:
     out.close()
     ckpt.close()
 
+  results = write_results(config, workdir, final, values, wall_before + time.time() - start_time)
+  logging.info("final evaluation: %s", final)
+  return results
+
+
+def write_results(config, workdir: pathlib.Path, evaluation: dict, train_values: dict,
+                  wall_time_s: float, **extra) -> dict:
+  """A finished run's results.json (written by process 0), the same for every trainer and sweeps."""
   results = {
       "step": config.train.steps,
-      "eval": final,
-      "final_train": values or last_train_row(workdir),
-      "wall_time_s": wall_before + time.time() - start_time,
+      "eval": evaluation,
+      "final_train": train_values or last_train_row(workdir),
+      "wall_time_s": wall_time_s,
       "config": json.loads(config.to_json_best_effort()),
       "devices": jax.device_count(),
       "processes": jax.process_count(),
       "platform": jax.devices()[0].platform,
       "versions": {"mmjax": mmjax.__version__, "jax": jax.__version__},
+      **extra,
   }
   if jax.process_index() == 0:
     writers.write_json_atomic(workdir / "results.json", results)
-  logging.info("final evaluation: %s", final)
   return results
 
 
