@@ -162,9 +162,16 @@ def _fusion_transformer(dtype: str = "float32") -> Runners:
   state, tx = trainer._init_state(  # noqa: SLF001 (the trainer's own state creation)
       cfg, model, lambda p: optim.make_optimizer(cfg.optim, cfg.train.steps, params=p), part,
       example)
-  update = part.compile_update(steps.make_update(method.make_loss(cfg), model, tx, cfg.train.steps))
+  loss_fn = method.make_loss(cfg)
+  update = part.compile_update(steps.make_update(loss_fn, model, tx, cfg.train.steps))
   cached = part.global_batch(local)
   key = jax.random.PRNGKey(1)
+  import torch_reference  # noqa: PLC0415 (torch only when a torch entry runs)
+  jax_loss = float(loss_fn(model, state.params, cached, key, 0.0)[0])
+  torch_step = torch_reference.FusionTransformerStep(
+      local["train"], cfg.optim.lr, params=jax.device_get(state.params), bf16=dtype == "bfloat16",
+      width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=8, vocab_size=32)
+  torch_loss = torch_step.loss()
   cost = update.lower(state, cached, key).compile().cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
   box = {"state": state}
@@ -176,9 +183,17 @@ def _fusion_transformer(dtype: str = "float32") -> Runners:
       window.push(metrics)
     jax.block_until_ready(box["state"])
 
+  def run_torch(n):
+    for _ in range(n):
+      torch_step()
+
   return Runners(description=f"fusion Transformer (early), batch 64, 64+16 tokens, width 128, "
-                             f"4 layers, Adam, {dtype}", jax=run, flops=flops,
-                 check={"state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state)})})
+                             f"4 layers, Adam, {dtype}; PyTorch: nn.TransformerEncoder"
+                             f"{' under bf16 autocast' if dtype == 'bfloat16' else ''}",
+                 jax=run, flops=flops, torch=run_torch,
+                 check={"jax_loss": jax_loss, "torch_loss": torch_loss,
+                        "loss_rtol": 1e-4 if dtype == "float32" else 2e-2,
+                        "state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state)})})
 
 
 ENTRIES = {

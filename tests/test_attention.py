@@ -108,18 +108,21 @@ def test_attention_dropout_drops_weights_and_rescales_the_kept_ones():
   np.testing.assert_allclose(out, np.einsum("bhqk,bkhd->bqhd", dropped, v), rtol=1e-5, atol=1e-5)
 
 
-def test_multi_head_attention_is_separate_heads_concatenated_and_projected():
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_multi_head_attention_is_separate_heads_concatenated_and_projected(self_attention):
+  """Cross- and self-attention (keys is queries) both equal the per-head formula."""
   heads, width = 4, 16
   d = width // heads
   rng = np.random.default_rng(4)
   xq = rng.normal(size=(2, 5, width)).astype(np.float32)
-  xk = rng.normal(size=(2, 7, width)).astype(np.float32)
-  key_valid = np.array([[1] * 7, [1, 1, 1, 0, 0, 0, 0]], bool)
+  xk = xq if self_attention else rng.normal(size=(2, 7, width)).astype(np.float32)
+  key_valid = np.array([[1] * 7, [1, 1, 1, 0, 0, 0, 0]], bool)[:, :xk.shape[1]]
   mask = padding_mask(jnp.ones((2, 5), bool), jnp.asarray(key_valid))
   module = MultiHeadAttention(num_heads=heads)
-  variables = module.init(jax.random.key(0), jnp.asarray(xq), jnp.asarray(xk), mask)
-  got, state = module.apply(variables, jnp.asarray(xq), jnp.asarray(xk), mask,
-                            mutable=["intermediates"])
+  queries = jnp.asarray(xq)
+  keys = queries if self_attention else jnp.asarray(xk)
+  variables = module.init(jax.random.key(0), queries, keys, mask)
+  got, state = module.apply(variables, queries, keys, mask, mutable=["intermediates"])
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
 
   heads_out, heads_weights = [], []
@@ -217,3 +220,4 @@ def test_log_mel_spectrogram_matches_tf_signal_on_a_real_recording(tf):
   assert got.shape == expected.shape == (61, 32)
   np.testing.assert_allclose(got, expected, rtol=1e-3, atol=2e-3)
   assert expected.max() - expected.min() > 5  # the comparison spans loud and quiet bins
+

@@ -48,7 +48,10 @@ def _numpy_conv(x, w):
 
 @pytest.mark.parametrize("padding,channels", [("VALID", 1), ("SAME", 1), (((1, 0), (2, 1)), 1),
                                               ("VALID", 3)])
-def test_conv_matches_definition_and_xla_gradients(padding, channels):
+def test_conv_matches_definition_and_xla_gradients(padding, channels, monkeypatch):
+  # The matmul weight gradient is off by default (MATMUL_GRAD_MAX_CHANNELS = 0); turned on here for
+  # 1-channel inputs so that its dispatch and padding are checked too.
+  monkeypatch.setattr(fast_ops, "MATMUL_GRAD_MAX_CHANNELS", 1)
   kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.normal(kx, (2, 9, 8, channels))
   w = jax.random.normal(kw, (3, 5, channels, 6))

@@ -1,4 +1,4 @@
-"""Faster XLA:CPU gradients for the pooling and first conv layers of small CNNs: same math, params.
+"""Faster XLA:CPU gradients for the pooling (and optionally first conv) layers of small CNNs.
 
 Measured on a 2-core AVX-512 CPU (benchmarks/README.md): the gradient of `nn.max_pool` lowers to
 select_and_scatter, which XLA:CPU runs slowly, and the weight gradient of a conv whose input has one
@@ -16,9 +16,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Input channels up to which the matmul weight gradient is used. Measured (one core, 256 images,
-# 5x5 kernels): 1 channel 7x faster than XLA's, 3 channels no faster, 32 channels 1.6x slower.
-MATMUL_GRAD_MAX_CHANNELS = 1
+# Input channels up to which the matmul weight gradient is used; 0 turns it off. First measured
+# (2026-11-26, one core, 256 images, 5x5 kernels, XLA's convs in YNNPACK): 1 channel 7x faster than
+# XLA's, 3 channels no faster, 32 channels 1.6x slower. Since mmjax.runtime keeps convolutions in
+# Eigen (2026-11-27, 2 threads): XLA's own conv1 weight gradient took 2.1-2.8 ms against 4.8-10.5 ms
+# for the matmul one, and the whole DANN step 60.7 against 64.0 ms (medians of 9, alternating), so
+# it is off by default.
+MATMUL_GRAD_MAX_CHANNELS = 0
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 

@@ -26,17 +26,7 @@ from mmjax.train import checkpoint, optim, steps, trainer, writers
 TEST_STEP = 2**31 - 1
 
 
-def make_meta_update(meta_grad, tx):
-  """update(state, tasks, rng) -> (state, metrics): one outer step on the meta-gradient."""
-
-  def update(state, tasks, rng):
-    del rng  # the tasks are already random; no stochastic layers in the meta models
-    grads, metrics = meta_grad(state.params, tasks)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return steps.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return update
+make_meta_update = steps.make_meta_update  # the meta trainer's step lives with the others
 
 
 def _local_tasks(source, seed: int, step: int, first: int, count: int):

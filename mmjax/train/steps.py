@@ -21,6 +21,22 @@ class TrainState:
   opt_state: optax.OptState
 
 
+def init_state(model, example, tx_fn, partitioner, seed: int, load=None):
+  """(TrainState, tx): params made by model.init from PRNGKey(seed) directly with the replicated
+  sharding (`load(host params) -> params` replaces them, e.g. with pretrained weights), and
+  `tx = tx_fn(params)`'s state."""
+  params = jax.jit(lambda rng: model.init(rng, example, train=False)["params"],
+                   out_shardings=partitioner.replicated)(jax.random.PRNGKey(seed))
+  if load is not None:
+    params = jax.jit(lambda p: p, out_shardings=partitioner.replicated)(
+        load(jax.device_get(params)))
+  tx = tx_fn(params)
+  state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                       opt_state=tx.init(p)),
+                  out_shardings=partitioner.replicated)(params)
+  return state, tx
+
+
 def make_update(loss_fn, model, tx, total_steps: int, axis_name=None):
   """update(state, batch, rng) -> (state, metrics), with the rng folded with the step number."""
 
@@ -31,6 +47,19 @@ def make_update(loss_fn, model, tx, total_steps: int, axis_name=None):
     grads, metrics = jax.grad(loss, argnums=0, has_aux=True)(state.params, batch, rng, progress)
     if axis_name is not None:
       grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return update
+
+
+def make_meta_update(meta_grad, tx):
+  """update(state, tasks, rng) -> (state, metrics): one outer step on the meta-gradient."""
+
+  def update(state, tasks, rng):
+    del rng  # the tasks are already random; no stochastic layers in the meta models
+    grads, metrics = meta_grad(state.params, tasks)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -108,19 +108,10 @@ def evaluate(method, config, model, params, eval_sets, partitioner, batch_size, 
 
 def _init_state(config, model, tx_fn, partitioner, example):
   """Params (and optimizer state) created directly with the replicated sharding, or loaded."""
-
-  def init(rng):
-    return model.init(rng, example, train=False)["params"]
-
-  params = jax.jit(init, out_shardings=partitioner.replicated)(jax.random.PRNGKey(config.seed))
+  load = None
   if config.init_from.workdir:
-    params = jax.jit(lambda p: p, out_shardings=partitioner.replicated)(
-        transfer.load_pretrained(jax.device_get(params), config.init_from))
-  tx = tx_fn(params)
-  state = jax.jit(lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                             opt_state=tx.init(p)),
-                  out_shardings=partitioner.replicated)(params)
-  return state, tx
+    load = lambda params: transfer.load_pretrained(params, config.init_from)
+  return steps.init_state(model, example, tx_fn, partitioner, config.seed, load)
 
 
 def train_and_evaluate(config, workdir) -> dict:

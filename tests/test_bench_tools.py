@@ -1,0 +1,115 @@
+"""Benchmark tools: FLOP counts for MFU, the PyTorch Transformer reference, the XLA:CPU runtime flag."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmjax import models, runtime
+from mmjax.train import steps
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import flops  # noqa: E402  (benchmarks/flops.py)
+
+
+def _fusion(width=32, depth=2, mlp_dim=64, heads=4):
+  return models.FusionTransformer(modalities=("image", "question"), tokenizers=("patch", "tokens"),
+                                  fusion="early", num_classes=10, width=width, depth=depth,
+                                  num_heads=heads, mlp_dim=mlp_dim, patch_size=8, vocab_size=32)
+
+
+def _batch(n=4, pad_question=0):
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.random((n, 64, 64, 3), np.float32),
+           "question": rng.integers(1, 32, (n, 16)).astype(np.int32),
+           "label": rng.integers(0, 10, n).astype(np.int32)}
+  if pad_question:
+    batch["question"][:, -pad_question:] = 0
+  return batch
+
+
+def _train_step(model, batch):
+  inputs = {"image": batch["image"], "question": batch["question"]}
+  params = model.init(jax.random.PRNGKey(0), inputs)["params"]
+  tx = optax.adam(1e-3)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  def loss(model, params, batch, rng, progress):
+    del rng, progress
+    logits = model.apply({"params": params}, inputs)["logits"]
+    value = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return value, {"loss": value}
+  return steps.make_update(loss, model, tx, 10), state, params
+
+
+def test_model_flops_match_xla_count_of_the_train_step():
+  """The analytic matmul FLOPs of an early-fusion train step against XLA:CPU's count of the
+  compiled step, which also counts norms, softmax, GELU and Adam: a little below it."""
+  batch = _batch(8)
+  for width, depth, mlp_dim in ((32, 2, 64), (64, 1, 256)):
+    update, state, _ = _train_step(_fusion(width, depth, mlp_dim), batch)
+    counted = flops.cpu_flops(update, state, batch, jax.random.PRNGKey(1))
+    compiled = jax.jit(update).lower(state, batch, jax.random.PRNGKey(1)).compile()
+    cost = compiled.cost_analysis()
+    assert counted == float((cost[0] if isinstance(cost, list) else cost)["flops"])
+    model = flops.early_fusion_train_flops(8, 64, 8 * 8 * 3, 16, width, depth, mlp_dim)
+    assert 0.85 * counted <= model <= counted, (model, counted)
+
+
+def test_torch_transformer_reference_computes_the_same_loss():
+  pytest.importorskip("torch")
+  import torch_reference  # noqa: PLC0415
+  batch = _batch(4, pad_question=3)  # padded question tokens: masked keys on both sides
+  model = _fusion()
+  _, _, params = _train_step(model, batch)
+  logits = model.apply({"params": params}, {"image": batch["image"],
+                                            "question": batch["question"]})["logits"]
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  step = torch_reference.FusionTransformerStep(batch, 1e-3, params=jax.device_get(params),
+                                               width=32, depth=2, num_heads=4, mlp_dim=64)
+  np.testing.assert_allclose(step.loss(), want, rtol=1e-5)
+  before = step.loss()
+  for _ in range(3):
+    step()
+  assert step.loss() < before  # the reference trains: Adam on the same loss
+
+
+def test_runtime_configure_sets_the_flag_once_and_respects_the_user(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  monkeypatch.delenv("MMJAX_XLA_CPU_DEFAULTS", raising=False)
+  assert runtime.configure()
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
+                                             runtime.NO_YNN_CONVOLUTIONS]
+  assert runtime.configure()  # idempotent
+  assert os.environ["XLA_FLAGS"].count(runtime.YNN_FLAG) == 1
+  monkeypatch.setenv("XLA_FLAGS", f"{runtime.YNN_FLAG}=")  # the user's own choice stays
+  assert not runtime.configure()
+  assert os.environ["XLA_FLAGS"] == f"{runtime.YNN_FLAG}="
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv("MMJAX_XLA_CPU_DEFAULTS", "0")
+  assert not runtime.configure()
+  assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_importing_mmjax_keeps_convolutions_out_of_ynnpack():
+  """In a fresh process, convolutions compile to XLA's own (Eigen) convolutions after
+  `import mmjax`, and to YNNPACK fusions with MMJAX_XLA_CPU_DEFAULTS=0 (the flag is what changes)."""
+  code = ("import mmjax, jax, jax.numpy as jnp\n"
+          "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', "
+          "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+          "hlo = jax.jit(f).lower(jnp.ones((8, 12, 12, 32)), jnp.ones((5, 5, 32, 48)))"
+          ".compile().as_text()\n"
+          "print('ynn' if '__ynn_fusion' in hlo else 'eigen')\n")
+  outputs = {}
+  for defaults in ("1", "0"):
+    env = {**os.environ, "XLA_FLAGS": "", "MMJAX_XLA_CPU_DEFAULTS": defaults,
+           "PYTHONPATH": str(REPO)}
+    outputs[defaults] = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                       capture_output=True, text=True).stdout.split()[-1]
+  assert outputs == {"1": "eigen", "0": "ynn"}
