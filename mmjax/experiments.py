@@ -57,10 +57,11 @@ def load_config_module(config: str):
 
 def grid(settings, seeds, overrides=()):
   """Cells for every (row, column, config) setting times every seed, seed by seed: a run cut short
-  still gives every row and column, with fewer seeds."""
+  still gives every row and column, with fewer seeds. A setting's optional "max_seeds" caps its
+  seeds (the table's n column shows each cell's count)."""
   return [Cell(row=s["row"], column=s["column"], seed=seed, config=s["config"],
                overrides=tuple(overrides) + tuple(s.get("overrides", ())))
-          for seed in seeds for s in settings]
+          for seed in seeds for s in settings if seed < s.get("max_seeds", seed + 1)]
 
 
 def cell_dir(root: pathlib.Path, cell: Cell) -> pathlib.Path:
