@@ -154,6 +154,20 @@ def _state(cfg, model, example, part):
                           part, cfg.seed)
 
 
+def _engine_step(cfg, method, model, local, example):
+  """The engine's compiled update on a cached batch: (runner, state, batch, FLOPs, extra)."""
+  part = steps.Partitioner(cfg.parallel)
+  state, tx = _state(cfg, model, example, part)
+  loss_fn = method.make_loss(cfg)
+  raw = steps.make_update(loss_fn, model, tx, cfg.train.steps)
+  update = part.compile_update(raw)
+  batch, key = part.global_batch(local), jax.random.PRNGKey(1)
+  extra = {"jax_loss": float(loss_fn(model, state.params, batch, key, 0.0)[0]),
+           "gflop_device_cost_analysis": _flops(update.lower(state, batch, key).compile()) / 1e9}
+  flops = flops_lib.cpu_flops(raw, state, batch, key)
+  return _jax_runner(update, state, batch, key), state, flops, extra
+
+
 def transformer_step(name, dtype, batch_size, width, depth, heads, mlp_dim) -> Step:
   cfg = config_lib.base_config()
   cfg.update(method="supervised", dtype=dtype)
@@ -166,23 +180,15 @@ def transformer_step(name, dtype, batch_size, width, depth, heads, mlp_dim) -> S
                    tokenizers=("patch", "tokens"), fusion="early", num_classes=10, **model_kw)
   method = methods.get_method(cfg.method)
   model = method.build_model(cfg)
-  part = steps.Partitioner(cfg.parallel)
   rng = np.random.default_rng(0)
   local = {"train": {"image": rng.random((batch_size, 64, 64, 3), np.float32),
                      "question": rng.integers(1, 32, (batch_size, 16)).astype(np.int32),
                      "label": rng.integers(0, 10, batch_size).astype(np.int32)}}
   example = inputs.example_inputs(local["train"], cfg.data.input_key)
   example["question"] = jnp.ones_like(example["question"])
-  state, tx = _state(cfg, model, example, part)
-  loss_fn = method.make_loss(cfg)
-  raw = steps.make_update(loss_fn, model, tx, cfg.train.steps)
-  update = part.compile_update(raw)
-  batch, key = part.global_batch(local), jax.random.PRNGKey(1)
-  extra = {"jax_loss": float(loss_fn(model, state.params, batch, key, 0.0)[0]),
-           "gflop_device_cost_analysis": _flops(update.lower(state, batch, key).compile()) / 1e9,
-           "gflop_model": flops_lib.early_fusion_train_flops(
-               batch_size, 64, 8 * 8 * 3, 16, width, depth, mlp_dim) / 1e9}
-  flops = flops_lib.cpu_flops(raw, state, batch, key)
+  run, state, flops, extra = _engine_step(cfg, method, model, local, example)
+  extra["gflop_model"] = flops_lib.early_fusion_train_flops(
+      batch_size, 64, 8 * 8 * 3, 16, width, depth, mlp_dim) / 1e9
   torch_run = None
   if FLAGS.torch:
     import torch_reference  # noqa: PLC0415
@@ -193,7 +199,7 @@ def transformer_step(name, dtype, batch_size, width, depth, heads, mlp_dim) -> S
     torch_run = _torch_runner(step)
   return Step(name, f"fusion Transformer (early), batch {batch_size}, 65+17 tokens, width {width}, "
               f"{depth} layers, {heads} heads, MLP {mlp_dim}, Adam, {dtype}",
-              _jax_runner(update, state, batch, key), flops, dtype, torch_run, extra)
+              run, flops, dtype, torch_run, extra)
 
 
 def dann_step(name, dtype, fast_ops) -> Step:
@@ -203,20 +209,12 @@ def dann_step(name, dtype, fast_ops) -> Step:
     cfg.model.fast_ops = fast_ops
   method = methods.get_method(cfg.method)
   model = method.build_model(cfg)
-  part = steps.Partitioner(cfg.parallel)
   half = cfg.data.global_batch
   rng = np.random.default_rng(0)
   local = {s: {"image": rng.random((half, 28, 28, 1), np.float32),
                "label": rng.integers(0, 10, half).astype(np.int32)} for s in ("source", "target")}
   example = inputs.example_inputs(local["source"], cfg.data.input_key)
-  state, tx = _state(cfg, model, example, part)
-  loss_fn = method.make_loss(cfg)
-  raw = steps.make_update(loss_fn, model, tx, cfg.train.steps)
-  update = part.compile_update(raw)
-  batch, key = part.global_batch(local), jax.random.PRNGKey(1)
-  extra = {"jax_loss": float(loss_fn(model, state.params, batch, key, 0.0)[0]),
-           "gflop_device_cost_analysis": _flops(update.lower(state, batch, key).compile()) / 1e9}
-  flops = flops_lib.cpu_flops(raw, state, batch, key)
+  run, state, flops, extra = _engine_step(cfg, method, model, local, example)
   torch_run = None
   if FLAGS.torch and dtype == "float32":
     import torch_reference  # noqa: PLC0415
@@ -226,7 +224,7 @@ def dann_step(name, dtype, fast_ops) -> Step:
     torch_run = _torch_runner(step)
   return Step(name, f"DANN LeNet digits, {half}+{half} 28x28, SGD momentum, {dtype}, "
               f"{'fast_ops' if fast_ops else 'XLA convs'}",
-              _jax_runner(update, state, batch, key), flops, dtype, torch_run, extra)
+              run, flops, dtype, torch_run, extra)
 
 
 def maml_step(name, task_map, with_torch) -> Step:

@@ -40,7 +40,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def measure(cfg, source, part):
-  """(first step seconds, tasks/s) of the meta trainer's update for cfg."""
+  """(first step seconds incl. compile, tasks/s, FLOP/s) of the meta trainer's update for cfg."""
   model = maml.build_model(cfg)
   local = episodes.batch(source, 0, 0, range(cfg.meta.meta_batch))
   example = jnp.zeros((1,) + local["support"]["image"].shape[2:])
@@ -52,6 +52,9 @@ def measure(cfg, source, part):
   update = part.compile_update(meta_trainer.make_meta_update(maml.make_meta_grad(cfg, model), tx))
   tasks, rng = part.global_batch(local), jax.random.PRNGKey(1)
   start = time.perf_counter()
+  update = update.lower(state, tasks, rng).compile()  # compiled once, also for its FLOP count
+  cost = update.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
   state, metrics = update(state, tasks, rng)
   jax.block_until_ready((state, metrics))
   first = time.perf_counter() - start
@@ -60,7 +63,19 @@ def measure(cfg, source, part):
     state, metrics = update(state, tasks, rng)
     jax.block_until_ready(metrics)  # one step in flight: the same for both task maps
   seconds = (time.perf_counter() - start) / FLAGS.steps
-  return first, cfg.meta.meta_batch / seconds
+  return first, cfg.meta.meta_batch / seconds, flops / seconds
+
+
+def matmul_ceiling(size: int = 2048, repeats: int = 20) -> float:
+  """FLOP/s of a jitted size^2 float32 matmul: the practical ceiling of these cores."""
+  a, b = (jax.random.normal(jax.random.PRNGKey(i), (size, size)) for i in (0, 1))
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = matmul(a, b)
+  jax.block_until_ready(out)
+  return 2.0 * size ** 3 * repeats / (time.perf_counter() - start)
 
 
 def measure_torch(cfg, source):
@@ -102,8 +117,12 @@ def main(argv):
   for task_map in FLAGS.task_maps:
     cfg = config_lib.load_with_overrides(str(REPO / f"configs/omniglot_maml.py:{FLAGS.arg}"),
                                          {"meta.task_map": task_map})
-    first, tasks_per_s = measure(cfg, source, part)
-    rows.append({"task_map": task_map, "first_step_s": first, "tasks_per_s": tasks_per_s})
+    first, tasks_per_s, flops_per_s = measure(cfg, source, part)
+    rows.append({"task_map": task_map, "first_step_s": first, "tasks_per_s": tasks_per_s,
+                 "gflops": flops_per_s / 1e9})
+  ceiling = matmul_ceiling()
+  for row in rows:
+    row["fraction_of_ceiling"] = row["gflops"] * 1e9 / ceiling
   if torch_row:
     for row in rows:
       row["speed_vs_torch"] = row["tasks_per_s"] / torch_row["tasks_per_s"]
@@ -113,15 +132,20 @@ def main(argv):
       "ways": base.meta.ways, "shots": base.meta.shots, "queries": base.meta.queries,
       "meta_batch": base.meta.meta_batch, "inner_steps": base.meta.inner_steps,
       "steps": FLAGS.steps, "rows": rows, "host_sample_s_per_meta_batch": sample_s,
+      "matmul_ceiling_gflops": ceiling / 1e9,
       "devices": jax.device_count(), "platform": jax.devices()[0].platform,
       "device_kind": jax.devices()[0].device_kind, "host": platform.node(),
       "cpu_count": os.cpu_count(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
   }
-  print(f"{'task map':<10}{'first step (s)':>16}{'tasks/s':>12}{'vs torch':>10}")
+  print(f"{'task map':<10}{'first step (s)':>16}{'tasks/s':>12}{'vs torch':>10}{'GFLOP/s':>9}"
+        f"{'of ceil.':>10}")
   for row in rows:
     ratio = f"{row['speed_vs_torch']:.2f}x" if "speed_vs_torch" in row else ""
+    gflops = f"{row['gflops']:.1f}" if "gflops" in row else ""
+    frac = f"{row['fraction_of_ceiling']:.2f}" if "fraction_of_ceiling" in row else ""
     print(f"{row['task_map']:<10}{row['first_step_s']:>16.2f}{row['tasks_per_s']:>12.1f}"
-          f"{ratio:>10}")
+          f"{ratio:>10}{gflops:>9}{frac:>10}")
+  print(f"matmul ceiling: {ceiling / 1e9:.1f} GFLOP/s (jitted 2048^2 f32, same run)")
   print(f"host task sampling: {sample_s:.3f} s per meta-batch of {base.meta.meta_batch}")
   print(f"devices: {result['devices']} x {result['device_kind']} ({result['platform']})")
   out = pathlib.Path(FLAGS.out)

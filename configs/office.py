@@ -48,6 +48,7 @@ def get_config(arg=None):
   c.adapt.mmd_weight = 1.0
   c.train.steps = 1500
   c.train.log_every = 250
+  c.train.sweep_axis = "map"       # as a sweep: lax.map over runs, as for the Amazon MLP
   c.eval_every = 0
   c.optim.name = "sgd"
   c.optim.momentum = 0.9
