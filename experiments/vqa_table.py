@@ -1,6 +1,6 @@
 """Sort-of-CLEVR VQA (Santoro et al. 2017): CNN+MLP and fusion Transformers (early, cross-attention).
 
-python experiments/vqa_table.py --workdir=runs/vqa_table [--seeds=3] [--quick] [--parallel=N]
+python experiments/vqa_table.py --workdir=runs/vqa_table [--seeds=3] [--quick] [--parallel=N] [--only=early]
 
 Relational accuracy on the 200 validation images (10 relational questions each), with non-relational
 and overall accuracy beside; the Relation Network paper's numbers for comparison.
@@ -31,8 +31,9 @@ SPEC = tables.TableSpec(
                      "relational and non-relational questions",
     extra_metrics={"non-relational": "validation/nonrelational_accuracy",
                    "all questions": "validation/accuracy"},
-    notes="Batch 64 images × 1 question, Adam; Transformers: 64 CNN-feature tokens + 1 question "
-          "token, width 128, 4 layers, 30,000 steps.",
+    notes="Batch 64 images × 1 question, Adam; Transformers: 25 CNN-feature tokens (four 3×3 "
+          "stride-2 convolutions, the RN paper's 5×5 grid) + 1 question token, width 128, 4 layers, "
+          "30,000 steps.",
 )
 
 

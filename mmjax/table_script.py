@@ -15,6 +15,8 @@ flags.DEFINE_bool("quick", False, "tiny scale (a few steps, one seed) to check t
 flags.DEFINE_integer("parallel", 1, "cells (or sweeps) run at once")
 flags.DEFINE_bool("sweep", True, "train cells that differ only in seed, datasets and float "
                   "hyperparameters together, vmapped (mmjax/train/sweep.py); --nosweep: one by one")
+flags.DEFINE_list("only", [], "run only the cells whose config arg (after the ':') is listed, e.g. "
+                  "--only=early; the table still shows every finished cell")
 flags.DEFINE_string("out", None, "where the table and plots go "
                     "(default docs/results, or <workdir>/tables with --quick)")
 FLAGS = flags.FLAGS
@@ -25,6 +27,17 @@ def settings_from_sweep(config: str, labels: dict) -> list:
   sweep = experiments.load_config_module(config).sweep()
   return [{"row": labels[s["arg"]][0], "column": labels[s["arg"]][1],
            "config": f"{config}:{s['arg']}"} for s in sweep if s["arg"] in labels]
+
+
+def only_cells(cells, only) -> list:
+  """The cells whose config arg (after the ':') is in `only` (all of them if `only` is empty)."""
+  if not only:
+    return list(cells)
+  known = {c.config.rpartition(":")[2] for c in cells}
+  unknown = sorted(set(only) - known)
+  if unknown:
+    raise SystemExit(f"--only: unknown config args {unknown}; this table has {sorted(known)}")
+  return [c for c in cells if c.config.rpartition(":")[2] in only]
 
 
 def write_outputs(spec: tables.TableSpec, root, cells, seeds_asked: int, conclusion=None) -> dict:
@@ -56,7 +69,8 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   seeds = range(1 if FLAGS.quick else FLAGS.seeds)
   cells = experiments.grid(settings, seeds, quick_overrides if FLAGS.quick else ())
   root = pathlib.Path(FLAGS.workdir)
-  status = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep).run(cells)
+  to_run = only_cells(cells, FLAGS.only)
+  status = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep).run(to_run)
   if FLAGS.quick:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
   paths = write_outputs(spec, root, cells, len(seeds), conclusion)

@@ -95,6 +95,31 @@ def test_fast_lenet_has_the_plain_params_outputs_and_gradients():
   _close_trees(jax.grad(loss(fast))(params), jax.grad(loss(plain))(params), rtol=1e-4, atol=1e-5)
 
 
+def test_tll_lenet_sizes_and_channel_dropout():
+  """Transfer-Learning-Library's digits LeNet: its parameter count from the layer sizes, and its
+  Dropout2d zeroes whole conv2 channels (a channel's 8x8 map is all zero or all scaled by 2)."""
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+  model = LeNet(channels=(20, 50), hidden=500, features=256, dropout=0.5)
+  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  expected = ((5 * 5 * 1 * 20 + 20) + (5 * 5 * 20 * 50 + 50) + (4 * 4 * 50 * 500 + 500)
+              + (500 * 256 + 256) + (256 * 10 + 10))
+  assert sum(v.size for v in jax.tree.leaves(params)) == expected
+  assert model.apply({"params": params}, x)["features"].shape == (4, 256)
+  eval_out = model.apply({"params": params}, x)["logits"]
+  np.testing.assert_array_equal(eval_out, model.apply({"params": params}, x, train=False)["logits"])
+  conv2 = lambda train: model.apply({"params": params}, x, train=train,
+                                    rngs={"dropout": jax.random.PRNGKey(2)},
+                                    capture_intermediates=lambda m, _: isinstance(m, nn.Dropout),
+                                    mutable=["intermediates"])[1]["intermediates"]
+  dropped = np.asarray(jax.tree.leaves(conv2(True))[0])  # the first Dropout: after conv2
+  kept = np.asarray(jax.tree.leaves(conv2(False))[0])
+  assert dropped.shape == (4, 8, 8, 50)
+  zero = np.all(dropped == 0, axis=(1, 2))
+  assert 0.2 < zero.mean() < 0.8
+  np.testing.assert_allclose(dropped[~zero[:, None, None, :].repeat(8, 1).repeat(8, 2)],
+                             2 * kept[~zero[:, None, None, :].repeat(8, 1).repeat(8, 2)], rtol=1e-6)
+
+
 def _dann_setup(dtype):
   cfg = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
                                        {"dtype": dtype})

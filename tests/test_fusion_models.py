@@ -129,6 +129,7 @@ def test_bottleneck_modalities_are_independent_before_the_fusion_layer():
 
 @pytest.mark.parametrize("kind,inputs,num_tokens", [
     ("cnn", np.random.default_rng(0).uniform(size=(3, 20, 20, 3)), 9),
+    ("cnn16", np.random.default_rng(0).uniform(size=(3, 75, 75, 3)), 25),
     ("patch", np.random.default_rng(0).uniform(size=(3, 20, 20, 3)), 9),
     ("audio", np.random.default_rng(0).normal(size=(3, 8000)) * 0.1, 32),
     ("strokes", np.concatenate([np.random.default_rng(0).normal(size=(3, 10, 3)),

@@ -11,7 +11,9 @@ import time
 
 import numpy as np
 
-from mmjax import experiments, tables
+import pytest
+
+from mmjax import experiments, table_script, tables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -137,3 +139,15 @@ def test_a_one_seed_cell_shows_its_value_without_a_spread(tmp_path):
   cells = _fake_cells(tmp_path, [0.6])
   md = tables.to_markdown(SPEC, tables.collect(tmp_path, cells, SPEC), 1)
   assert "| X→Y | a | 60.0 | 1 |" in md and "60.0 ±" not in md
+
+
+def test_only_keeps_the_cells_of_the_listed_config_args():
+  settings = [{"row": r, "column": "c", "config": f"configs/sort_of_clevr.py:{r}"}
+              for r in ("cnn_mlp", "early", "cross_attention")]
+  cells = experiments.grid(settings, range(2))
+  kept = table_script.only_cells(cells, ["early", "cnn_mlp"])
+  assert sorted((c.row, c.seed) for c in kept) == [("cnn_mlp", 0), ("cnn_mlp", 1), ("early", 0),
+                                                   ("early", 1)]
+  assert table_script.only_cells(cells, []) == cells
+  with pytest.raises(SystemExit, match="unknown config args"):
+    table_script.only_cells(cells, ["erly"])

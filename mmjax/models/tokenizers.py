@@ -8,6 +8,8 @@ tokenizer's token n is at position n + 1):
   the ceil(H/p) x ceil(W/p) grid of p x p patches (ViT, Dosovitskiy et al. 2021).
 - `cnn`: three 3x3 stride-2 convolutions; tokens row-major over the final feature map
   (ceil(H/8) x ceil(W/8)).
+- `cnn16`: four 3x3 stride-2 convolutions, like the Relation Network's CNN (Santoro et al. 2017);
+  tokens row-major over the ceil(H/16) x ceil(W/16) feature map (5 x 5 for Sort-of-CLEVR's 75 x 75).
 - `tokens`: one token per id (0 = padding), in order.
 - `bow`: one token, a projection of log(1 + counts) of a bag-of-words count vector.
 - `vector`: one token, a projection of a feature vector (e.g. Sort-of-CLEVR's 11-bit question).
@@ -20,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-TOKENIZERS = ("patch", "cnn", "tokens", "bow", "vector", "audio", "strokes")
+TOKENIZERS = ("patch", "cnn", "cnn16", "tokens", "bow", "vector", "audio", "strokes")
 
 
 def _pad_to_multiple(x, sizes):
@@ -97,17 +99,20 @@ class PatchTokenizer(nn.Module):
 
 
 class CnnTokenizer(nn.Module):
-  """A small CNN's feature map as tokens: three 3x3 stride-2 convolutions (32, 64, width channels)."""
+  """A small CNN's feature map as tokens: `layers` 3x3 stride-2 convolutions (32, 64, 64, ...,
+  width channels; ReLU between them)."""
   width: int
   dtype: jnp.dtype = jnp.float32
+  layers: int = 3
 
   @nn.compact
   def __call__(self, image):
     x = _as_image(image).astype(self.dtype)
-    for i, channels in enumerate((32, 64)):
+    hidden = (32,) + (64,) * (self.layers - 2)
+    for i, channels in enumerate(hidden):
       x = nn.relu(nn.Conv(channels, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"conv{i}")(x))
     return _grid_tokens(nn.Conv(self.width, (3, 3), strides=(2, 2), dtype=self.dtype,
-                                name="conv2")(x))
+                                name=f"conv{len(hidden)}")(x))
 
 
 class AudioTokenizer(nn.Module):
@@ -183,6 +188,7 @@ class ModalityTokenizer(nn.Module):
     kinds = {
         "patch": lambda: PatchTokenizer(self.width, self.patch_size, self.dtype, name="patch"),
         "cnn": lambda: CnnTokenizer(self.width, self.dtype, name="cnn"),
+        "cnn16": lambda: CnnTokenizer(self.width, self.dtype, layers=4, name="cnn16"),
         "tokens": lambda: TokenIdTokenizer(self.width, self.vocab_size, self.dtype, name="tokens"),
         "bow": lambda: VectorTokenizer(self.width, True, self.dtype, name="bow"),
         "vector": lambda: VectorTokenizer(self.width, False, self.dtype, name="vector"),
