@@ -38,7 +38,7 @@ from mmjax import config as config_lib  # noqa: E402
 from mmjax import data as data_lib  # noqa: E402
 from mmjax import methods  # noqa: E402
 from mmjax.methods import inputs  # noqa: E402
-from mmjax.train import optim, steps, trainer  # noqa: E402
+from mmjax.train import optim, steps  # noqa: E402
 
 flags.DEFINE_list("entries", ["dann_digits", "dann_digits_xla_ops", "dann_digits_bf16"],
                   "entries to run (see ENTRIES)")
@@ -89,9 +89,9 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True) -> Runners:
                                       tfds_dir=cfg.data.tfds_dir)
             for name, (dataset, split) in method.streams(cfg).items()}
   example = inputs.example_inputs(arrays["source"], cfg.data.input_key)
-  state, tx = trainer._init_state(  # noqa: SLF001 (the trainer's own state creation)
-      cfg, model, lambda p: optim.make_optimizer(cfg.optim, cfg.train.steps, params=p), part,
-      example)
+  state, tx = steps.init_state(
+      model, example, lambda p: optim.make_optimizer(cfg.optim, cfg.train.steps, params=p), part,
+      cfg.seed)
   loss_fn = method.make_loss(cfg)
   update = part.compile_update(steps.make_update(loss_fn, model, tx, cfg.train.steps))
   iterators = {name: data_lib.TrainIterator(a, global_batch=cfg.data.global_batch,
@@ -159,9 +159,9 @@ def _fusion_transformer(dtype: str = "float32") -> Runners:
                      "label": rng.integers(0, 10, 64).astype(np.int32)}}
   example = inputs.example_inputs(local["train"], cfg.data.input_key)
   example["question"] = jnp.ones_like(example["question"])
-  state, tx = trainer._init_state(  # noqa: SLF001 (the trainer's own state creation)
-      cfg, model, lambda p: optim.make_optimizer(cfg.optim, cfg.train.steps, params=p), part,
-      example)
+  state, tx = steps.init_state(
+      model, example, lambda p: optim.make_optimizer(cfg.optim, cfg.train.steps, params=p), part,
+      cfg.seed)
   loss_fn = method.make_loss(cfg)
   update = part.compile_update(steps.make_update(loss_fn, model, tx, cfg.train.steps))
   cached = part.global_batch(local)

@@ -3,7 +3,10 @@
 The digits config with the unlabelled target train split as a second stream (batches of 128 source
 + 128 target) and the DANN paper's annealed learning rate (Ganin et al. 2016, §5.2.2).
 Args: <method>/<pair>, method in dann | cdan | cdan_e | dan, pair in mnist_usps | usps_mnist
-(e.g. configs/digits_adapt.py:dann/mnist_usps).
+(e.g. configs/digits_adapt.py:dann/mnist_usps). <method>/<pair>/tll: Transfer-Learning-Library's
+digits LeNet instead (conv 20 and 50 channels, 500 hidden, 256 features, dropout 0.5 after conv2
+and fc1; its bottleneck's batch norm left out) and 10,000 steps; the table (sweep()) runs the plain
+args.
 """
 import pathlib
 
@@ -12,14 +15,15 @@ from mmjax.config import load_module
 digits = load_module(pathlib.Path(__file__).with_name("digits.py"))
 METHODS = ("dann", "cdan", "cdan_e", "dan")
 PAIRS = ("mnist_usps", "usps_mnist")
-ARGS = tuple(f"{m}/{p}" for m in METHODS for p in PAIRS)
+ARGS = tuple(f"{m}/{p}" for m in METHODS for p in PAIRS) + tuple(
+    f"{m}/{p}/tll" for m in METHODS for p in PAIRS)
 
 
 def get_config(arg=None):
   arg = arg or "dann/mnist_usps"
   if arg not in ARGS:
     raise ValueError(f"unknown digits_adapt arg {arg!r}; use one of {', '.join(ARGS)}")
-  method, pair = arg.split("/")
+  method, pair, *variant = arg.split("/")
   c = digits.get_config(pair)
   c.method = method
   c.data.target = c.evals.target_test.dataset
@@ -27,8 +31,13 @@ def get_config(arg=None):
   c.adapt.gamma = 10.0
   c.adapt.domain_hidden = 1024
   c.adapt.domain_layers = 2
+  if variant == ["tll"]:
+    c.model.update(channels=(20, 50), hidden=500, features=256, dropout=0.5)
+    c.train.steps = 10000
+    c.eval_every = 2000
+    c.checkpoint.every = 2000
   return c
 
 
 def sweep():
-  return [{"arg": arg} for arg in ARGS]
+  return [{"arg": f"{m}/{p}"} for m in METHODS for p in PAIRS]
