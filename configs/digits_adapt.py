@@ -15,8 +15,8 @@ from mmjax.config import load_module
 digits = load_module(pathlib.Path(__file__).with_name("digits.py"))
 METHODS = ("dann", "cdan", "cdan_e", "dan")
 PAIRS = ("mnist_usps", "usps_mnist")
-ARGS = tuple(f"{m}/{p}" for m in METHODS for p in PAIRS) + tuple(
-    f"{m}/{p}/tll" for m in METHODS for p in PAIRS)
+TABLE_ARGS = tuple(f"{m}/{p}" for m in METHODS for p in PAIRS)
+ARGS = TABLE_ARGS + tuple(f"{arg}/tll" for arg in TABLE_ARGS)
 
 
 def get_config(arg=None):
@@ -40,4 +40,4 @@ def get_config(arg=None):
 
 
 def sweep():
-  return [{"arg": f"{m}/{p}"} for m in METHODS for p in PAIRS]
+  return [{"arg": arg} for arg in TABLE_ARGS]

@@ -33,11 +33,12 @@ def only_cells(cells, only) -> list:
   """The cells whose config arg (after the ':') is in `only` (all of them if `only` is empty)."""
   if not only:
     return list(cells)
-  known = {c.config.rpartition(":")[2] for c in cells}
-  unknown = sorted(set(only) - known)
+  arg = lambda cell: cell.config.rpartition(":")[2]
+  unknown = sorted(set(only) - {arg(c) for c in cells})
   if unknown:
-    raise SystemExit(f"--only: unknown config args {unknown}; this table has {sorted(known)}")
-  return [c for c in cells if c.config.rpartition(":")[2] in only]
+    raise SystemExit(f"--only: unknown config args {unknown}; this table has "
+                     f"{sorted({arg(c) for c in cells})}")
+  return [c for c in cells if arg(c) in only]
 
 
 def write_outputs(spec: tables.TableSpec, root, cells, seeds_asked: int, conclusion=None) -> dict:

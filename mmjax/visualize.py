@@ -29,7 +29,7 @@ from mmjax.methods import inputs as inputs_lib  # noqa: E402
 from mmjax.models import tokenizers  # noqa: E402
 from mmjax.train import checkpoint  # noqa: E402
 
-IMAGE_TOKENIZERS = {"patch", "cnn", "cnn16"}
+IMAGE_TOKENIZERS = {"patch", *tokenizers.CNN_LAYERS}
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ def _draw_keys(ax, weights, key, kind, example, patch_size):
   if kind in IMAGE_TOKENIZERS:
     image = np.asarray(example[key])
     h, w = image.shape[:2]
-    step = {"cnn": 8, "cnn16": 16}.get(kind, patch_size)
+    step = 2 ** tokenizers.CNN_LAYERS[kind] if kind in tokenizers.CNN_LAYERS else patch_size
     grid = weights.reshape(-(-h // step), -(-w // step))
     ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
     ax.imshow(grid, cmap="inferno", alpha=0.55, extent=(0, grid.shape[1] * step,

@@ -18,11 +18,14 @@ tokenizer's token n is at position n + 1):
   al. 2021, without overlap).
 - `strokes`: one token per pen point (dx, dy, pen state); all-zero rows are padding.
 """
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 TOKENIZERS = ("patch", "cnn", "cnn16", "tokens", "bow", "vector", "audio", "strokes")
+CNN_LAYERS = {"cnn": 3, "cnn16": 4}  # stride-2 convs of each CNN tokenizer: 2**layers px a token
 
 
 def _pad_to_multiple(x, sizes):
@@ -187,8 +190,8 @@ class ModalityTokenizer(nn.Module):
   def _tokenizer(self):
     kinds = {
         "patch": lambda: PatchTokenizer(self.width, self.patch_size, self.dtype, name="patch"),
-        "cnn": lambda: CnnTokenizer(self.width, self.dtype, name="cnn"),
-        "cnn16": lambda: CnnTokenizer(self.width, self.dtype, layers=4, name="cnn16"),
+        **{kind: functools.partial(CnnTokenizer, self.width, self.dtype, layers=layers, name=kind)
+           for kind, layers in CNN_LAYERS.items()},
         "tokens": lambda: TokenIdTokenizer(self.width, self.vocab_size, self.dtype, name="tokens"),
         "bow": lambda: VectorTokenizer(self.width, True, self.dtype, name="bow"),
         "vector": lambda: VectorTokenizer(self.width, False, self.dtype, name="vector"),
