@@ -36,13 +36,18 @@ def get_config(arg=None):
   if arg == "cnn_mlp":
     c.model = dict(name="cnn_mlp_vqa", num_classes=NUM_ANSWERS)
     return c
+  # The Transformers' CNN tokenizer has batch norm like the RN paper's CNN (cnn_norm="batch"): in
+  # 3,000-step probes it lifted validation relational accuracy from ~58% to 72%. 50,000 steps: the
+  # reference CNN+RN (kimhc6028/relational-networks) sits at ~60% non-relational for 10 of its epochs
+  # (~31k steps of batch 64) and only then learns to find the asked colour (README, "VQA").
   c.model = dict(name="fusion_transformer", modalities=("image", "question"),
                  tokenizers=("cnn16", "vector"), fusion="early" if arg == "quickstart" else arg,
                  num_classes=NUM_ANSWERS, width=128, depth=4, num_heads=4, mlp_dim=256,
-                 dropout=0.0, patch_size=15)
+                 dropout=0.0, patch_size=15, cnn_norm="batch")
+  c.train.steps = 50000
   if arg == "quickstart":
     # 15x15 patches (25 tokens, one conv) and a smaller Transformer: a few minutes on 2 cores.
-    c.model.update(width=64, depth=2, mlp_dim=128, tokenizers=("patch", "vector"))
+    c.model.update(width=64, depth=2, mlp_dim=128, tokenizers=("patch", "vector"), cnn_norm="none")
     c.vqa.questions_per_image = 4
     c.train.steps = 3000
     c.train.log_every = 100

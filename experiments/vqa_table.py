@@ -31,9 +31,9 @@ SPEC = tables.TableSpec(
                      "relational and non-relational questions",
     extra_metrics={"non-relational": "validation/nonrelational_accuracy",
                    "all questions": "validation/accuracy"},
-    notes="Batch 64 images × 1 question, Adam; Transformers: 25 CNN-feature tokens (four 3×3 "
-          "stride-2 convolutions, the RN paper's 5×5 grid) + 1 question token, width 128, 4 layers, "
-          "30,000 steps.",
+    notes="Batch 64 images × 1 question, Adam; CNN+MLP 30,000 steps; Transformers: 25 CNN-feature "
+          "tokens (four 3×3 stride-2 convolutions with batch norm, the RN paper's 5×5 grid) + 1 "
+          "question token, width 128, 4 layers, 50,000 steps.",
 )
 
 

@@ -3,6 +3,7 @@ isolation by exact zero gradients, every tokenizer, the dual encoder, InfoNCE an
 hand-made references, and the CNN+MLP VQA baseline."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,6 +15,7 @@ from mmjax import models
 from mmjax.losses.contrastive import recall_at_k, symmetric_info_nce, two_way_recall
 from mmjax.models.dual_encoder import MAX_LOGIT_SCALE
 from mmjax.models.fusion import FUSIONS, FusionTransformer
+from mmjax.models.tokenizers import CnnTokenizer
 from mmjax.models.vqa_baseline import BatchStatNorm
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=7)
@@ -156,6 +158,69 @@ def test_every_tokenizer_feeds_the_fusion_transformer(kind, inputs, num_tokens):
     key_is_padding = np.concatenate([np.zeros((3, 1), bool), padded, np.zeros((3, 2), bool)], 1)
     assert np.all(np.asarray(weights)[np.broadcast_to(key_is_padding[:, None, None, :],
                                                        weights.shape)] == 0)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_cnn_tokenizer_norm_matches_a_numpy_reference(norm):
+  """The first hidden conv's output, normalised as `norm` says and passed through ReLU, feeds conv1."""
+  image = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 20, 20, 3)), jnp.float32)
+  model = CnnTokenizer(width=8, layers=3, norm=norm)
+  variables = model.init(jax.random.key(0), image)
+  params = variables["params"]
+  params = {**params, "norm0": jax.tree.map(
+      lambda p: p + jnp.asarray(np.random.default_rng(1).normal(size=p.shape), jnp.float32),
+      params["norm0"])}  # scale and bias away from 1 and 0 so that both are exercised
+  _, state = model.apply({"params": params}, image, capture_intermediates=True)
+  conv0 = np.asarray(state["intermediates"]["conv0"]["__call__"][0], np.float64)
+  axes = (0, 1, 2) if norm == "batch" else (3,)
+  mean, var = conv0.mean(axes, keepdims=True), conv0.var(axes, keepdims=True)
+  expected = np.maximum((conv0 - mean) / np.sqrt(var + (1e-5 if norm == "batch" else 1e-6))
+                        * np.asarray(params["norm0"]["scale"]) + np.asarray(params["norm0"]["bias"]),
+                        0.0)
+  conv1_input = {}
+  def capture(next_fun, args, kwargs, context):
+    if context.module.name == "conv1" and context.method_name == "__call__":
+      conv1_input["x"] = args[0]
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(capture):
+    model.apply({"params": params}, image)
+  np.testing.assert_allclose(np.asarray(conv1_input["x"]), expected, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="unknown cnn_norm 'group'"):
+    CnnTokenizer(width=8, norm="group").init(jax.random.key(0), image)
+
+
+def test_condition_on_adds_the_projected_question_to_every_image_token():
+  """`concat` keeps the image encoder blind to the question unless condition_on feeds it in; then
+  its input is the image tokens plus condition_image(question token), computed here by hand."""
+  inputs, _ = _image_question_batch(batch=3)
+  plain = FusionTransformer(fusion="concat", **TINY)
+  variables = plain.init(jax.random.key(0), inputs)
+  conditioned = plain.clone(condition_on="question")
+  cond_vars = conditioned.init(jax.random.key(0), inputs)
+  captured = {}
+
+  def capture(next_fun, args, kwargs, context):
+    name = context.module.name if context.method_name == "__call__" else None
+    if name == "image_encoder":
+      captured[name] = args[0]
+    out = next_fun(*args, **kwargs)
+    if name in ("image_tokenizer", "question_tokenizer"):
+      captured[name] = out[0]
+    return out
+  with nn.intercept_methods(capture):
+    conditioned.apply(cond_vars, inputs)
+  dense = cond_vars["params"]["condition_image"]
+  question_token = np.asarray(captured["question_tokenizer"])[:, 1]  # its one non-class token
+  expected = (np.asarray(captured["image_tokenizer"])
+              + (question_token @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]))[:, None])
+  np.testing.assert_allclose(np.asarray(captured["image_encoder"]), expected, rtol=1e-5, atol=1e-5)
+  # Without conditioning the concat image encoder's CLS ignores the question; with it, it does not.
+  cls = lambda m, v: lambda q: _layer_outputs(m, v, {**inputs, "question": q})[  # noqa: E731
+      "image_encoder/__call__/0"][:, 0]
+  assert np.abs(np.asarray(jax.jacrev(cls(plain, variables))(inputs["question"]))).max() == 0.0
+  assert np.abs(np.asarray(jax.jacrev(cls(conditioned, cond_vars))(inputs["question"]))).max() > 1e-6
+  with pytest.raises(ValueError, match="condition_on='audio'"):
+    plain.clone(condition_on="audio").init(jax.random.key(0), inputs)
 
 
 def test_models_build_from_flat_config_fields_and_reject_bad_ones():

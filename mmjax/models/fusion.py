@@ -22,6 +22,11 @@ Each modality m (a batch key) is tokenized by `ModalityTokenizer` into the seque
   bottleneck tokens, so modalities exchange information only through them. Features = mean of the
   modalities' CLS outputs (MBT averages the CLS tokens' logits under one linear classifier, which
   equals classifying the mean CLS).
+With `condition_on` = a modality c, before any fusion every token of each other modality gets a learned
+projection of c's pooled tokens added (c's tokenizer tokens averaged over valid positions, class token
+excluded; projection `condition_<m>`): each image token then carries the question, as the Relation
+Network feeds the question to every object pair (Santoro et al. 2017, eq. 2), so a token's own MLP can
+select by the question before attention pools the tokens.
 The model returns {"logits": [B, num_classes], "features": [B, width]}.
 """
 import itertools
@@ -112,6 +117,8 @@ class FusionTransformer(nn.Module):
   bottleneck_tokens: int = 4
   fusion_layer: int = 2
   vocab_size: int = 0
+  cnn_norm: str = "none"  # normalisation inside `cnn`/`cnn16` tokenizers (tokenizers.CNN_NORMS)
+  condition_on: str = ""  # a modality whose pooled tokens are added to the others' (docstring)
   dtype: jnp.dtype = jnp.float32
 
   def _encoder_kwargs(self):
@@ -158,6 +165,17 @@ class FusionTransformer(nn.Module):
            for m in self.modalities]
     return jnp.mean(jnp.stack(cls), axis=0)
 
+  def _condition(self, tokens, valid):
+    c = self.condition_on
+    if c not in self.modalities or len(self.modalities) < 2:
+      raise ValueError(f"condition_on={c!r} must name one of the modalities {list(self.modalities)}, "
+                       "and there must be another modality to condition")
+    weights = valid[c][:, 1:, None].astype(tokens[c].dtype)
+    pooled = jnp.sum(tokens[c][:, 1:] * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    return {m: x if m == c else
+            x + nn.Dense(self.width, dtype=self.dtype, name=f"condition_{m}")(pooled)[:, None]
+            for m, x in tokens.items()}
+
   @nn.compact
   def __call__(self, inputs, train: bool = False):
     if len(self.modalities) == 1 and not isinstance(inputs, dict):  # one modality: its array
@@ -167,8 +185,11 @@ class FusionTransformer(nn.Module):
       raise ValueError(f"unknown fusion {self.fusion!r}; use one of {', '.join(FUSIONS)}")
     tokens, valid = {}, {}
     for m, kind in zip(self.modalities, self.tokenizers):
-      tokens[m], valid[m] = ModalityTokenizer(kind, self.width, self.patch_size, self.vocab_size,
-                                              self.dtype, name=f"{m}_tokenizer")(inputs[m])
+      tokenizer = ModalityTokenizer(kind, self.width, self.patch_size, self.vocab_size, self.dtype,
+                                    self.cnn_norm, name=f"{m}_tokenizer")
+      tokens[m], valid[m] = tokenizer(inputs[m])
+    if self.condition_on:
+      tokens = self._condition(tokens, valid)
     if self.fusion in ("concat", "weighted_sum", "late"):
       pooled = self._unimodal_cls(tokens, valid, train)
       stacked = jnp.stack([pooled[m] for m in self.modalities])

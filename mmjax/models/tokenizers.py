@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.models.vqa_baseline import BatchStatNorm
+
 TOKENIZERS = ("patch", "cnn", "cnn16", "tokens", "bow", "vector", "audio", "strokes")
 CNN_LAYERS = {"cnn": 3, "cnn16": 4}  # stride-2 convs of each CNN tokenizer: 2**layers px a token
 
@@ -101,19 +103,37 @@ class PatchTokenizer(nn.Module):
                                 dtype=self.dtype, name="embedding")(image))
 
 
+CNN_NORMS = ("none", "batch", "layer")
+
+
+def _cnn_norm(kind, dtype, name):
+  """The normalisation after each hidden conv of a CNN tokenizer (CNN_NORMS): `batch` is batch norm
+  with the statistics of the batch it sees (vqa_baseline.BatchStatNorm, as the Relation Network's
+  CNN), `layer` a LayerNorm over each position's channels."""
+  if kind == "none":
+    return lambda x: x
+  if kind == "batch":
+    return BatchStatNorm(dtype=dtype, name=name)
+  if kind == "layer":
+    return nn.LayerNorm(dtype=dtype, name=name)
+  raise ValueError(f"unknown cnn_norm {kind!r}; use one of {', '.join(CNN_NORMS)}")
+
+
 class CnnTokenizer(nn.Module):
   """A small CNN's feature map as tokens: `layers` 3x3 stride-2 convolutions (32, 64, 64, ...,
-  width channels; ReLU between them)."""
+  width channels; `norm` (CNN_NORMS) and ReLU between them)."""
   width: int
   dtype: jnp.dtype = jnp.float32
   layers: int = 3
+  norm: str = "none"
 
   @nn.compact
   def __call__(self, image):
     x = _as_image(image).astype(self.dtype)
     hidden = (32,) + (64,) * (self.layers - 2)
     for i, channels in enumerate(hidden):
-      x = nn.relu(nn.Conv(channels, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"conv{i}")(x))
+      x = nn.Conv(channels, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"conv{i}")(x)
+      x = nn.relu(_cnn_norm(self.norm, self.dtype, f"norm{i}")(x))
     return _grid_tokens(nn.Conv(self.width, (3, 3), strides=(2, 2), dtype=self.dtype,
                                 name=f"conv{len(hidden)}")(x))
 
@@ -186,11 +206,13 @@ class ModalityTokenizer(nn.Module):
   patch_size: int = 8
   vocab_size: int = 0
   dtype: jnp.dtype = jnp.float32
+  cnn_norm: str = "none"
 
   def _tokenizer(self):
     kinds = {
         "patch": lambda: PatchTokenizer(self.width, self.patch_size, self.dtype, name="patch"),
-        **{kind: functools.partial(CnnTokenizer, self.width, self.dtype, layers=layers, name=kind)
+        **{kind: functools.partial(CnnTokenizer, self.width, self.dtype, layers=layers,
+                                 norm=self.cnn_norm, name=kind)
            for kind, layers in CNN_LAYERS.items()},
         "tokens": lambda: TokenIdTokenizer(self.width, self.vocab_size, self.dtype, name="tokens"),
         "bow": lambda: VectorTokenizer(self.width, True, self.dtype, name="bow"),
