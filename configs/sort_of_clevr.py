@@ -22,6 +22,8 @@ def get_config(arg=None):
   c.data.input_key = "image,question"
   c.data.global_batch = 64
   c.vqa.questions_per_image = 1
+  # Accuracy per question type too (mmjax.data.sort_of_clevr.QUESTION_TYPES, ids 0..5).
+  c.vqa.question_types = ("shape", "left", "top", "closest", "furthest", "count")
   c.evals.validation = dict(dataset="sort_of_clevr", split="validation")
   c.eval_batch = 100
   c.optim.name = "adam"

@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.vqa = ml_collections.ConfigDict()  # visual question answering (method vqa)
   c.vqa.questions_per_image = 1    # training pairs per image and step, drawn without replacement
+  c.vqa.question_types = ()        # names of the dataset's `question_type` ids: eval accuracy per type
 
   c.meta = ml_collections.ConfigDict()  # meta-learning (trainer "meta", method "maml")
   c.meta.algorithm = "maml"        # maml | fomaml (first order) | anil (adapt the head only) |

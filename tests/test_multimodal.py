@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +39,33 @@ def test_vqa_pairs_pick_the_indexed_questions_of_each_image():
   np.testing.assert_array_equal(inputs["question"], [[4, 5], [0, 1], [8, 9], [10, 11]])
   np.testing.assert_array_equal(labels, [2, 0, 4, 5])
   np.testing.assert_array_equal(relational, [1, 0, 0, 0])
+
+
+def test_vqa_eval_reports_accuracy_per_question_type():
+  class Echo(nn.Module):  # answers the argmax of the question vector
+    @nn.compact
+    def __call__(self, inputs, train=False):
+      return {"logits": inputs["question"]}
+  rng = np.random.default_rng(0)
+  b, q, answers, names = 5, 4, 3, ("a", "b", "c")
+  predicted, labels = rng.integers(0, answers, (b, q)), rng.integers(0, answers, (b, q))
+  qtype, mask = rng.integers(0, len(names), (b, q)), np.array([1, 1, 1, 1, 0])
+  batch = {"image": jnp.zeros((b, 2, 2, 1)), "question": jnp.asarray(np.eye(answers)[predicted]),
+           "label": jnp.asarray(labels), "relational": jnp.asarray(qtype == 2, jnp.int32),
+           "question_type": jnp.asarray(qtype), "mask": jnp.asarray(mask)}
+  cfg = config_lib.base_config()
+  cfg.data.input_key = "image,question"
+  cfg.vqa.question_types = names
+  got = vqa.summarize_eval(vqa.make_eval(cfg)(Echo(), {}, batch))
+  real = np.repeat(mask, q).reshape(b, q) > 0
+  right = (predicted == labels) & real
+  for i, name in enumerate(names):
+    assert got[f"{name}_accuracy"] == pytest.approx(right[qtype == i].sum() / real[qtype == i].sum())
+  assert got["relational_accuracy"] == pytest.approx(got["c_accuracy"])
+  assert got["accuracy"] == pytest.approx(right.sum() / real.sum()) and got["n"] == 16
+  del batch["question_type"]
+  with pytest.raises(ValueError, match="no 'question_type' entry"):
+    vqa.make_eval(cfg)(Echo(), {}, batch)
 
 
 def test_retrieval_recall_matches_a_brute_force_count():

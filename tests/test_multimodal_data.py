@@ -54,7 +54,8 @@ def test_sort_of_clevr_counts_shapes_and_answers(tfds_dir, split, count):
   arrays = data.load_split("sort_of_clevr", split, tfds_dir=tfds_dir)
   assert {k: (v.shape, v.dtype) for k, v in arrays.items()} == {
       "image": ((count, 75, 75, 3), np.uint8), "question": ((count, 20, 11), np.float32),
-      "label": ((count, 20), np.int32), "relational": ((count, 20), np.int32)}
+      "label": ((count, 20), np.int32), "relational": ((count, 20), np.int32),
+      "question_type": ((count, 20), np.int32)}
   np.testing.assert_array_equal(arrays["relational"], np.repeat([[0] * 10 + [1] * 10], count, axis=0))
   question = arrays["question"]
   assert set(np.unique(question)) == {0.0, 1.0}
@@ -65,6 +66,13 @@ def test_sort_of_clevr_counts_shapes_and_answers(tfds_dir, split, count):
   assert set(np.unique(arrays["label"][:, 10:])) <= set(range(2, 10))
   if split == "train":
     assert set(np.unique(arrays["label"])) == set(range(len(sort_of_clevr.ANSWERS)))
+  # Question types: shape/left/top for the first 10, and each type's answers are of its kind.
+  kinds = {"shape": {2, 3}, "left": {0, 1}, "top": {0, 1}, "closest": {2, 3}, "furthest": {2, 3},
+           "count": set(range(4, 10))}
+  assert tuple(kinds) == sort_of_clevr.QUESTION_TYPES
+  np.testing.assert_array_equal(arrays["question_type"] >= 3, arrays["relational"] == 1)
+  for i, name in enumerate(sort_of_clevr.QUESTION_TYPES):
+    assert set(np.unique(arrays["label"][arrays["question_type"] == i])) <= kinds[name], name
   scenes = stored("sort_of_clevr", split, tfds_dir)
   for i in range(0, count, max(1, count // 200)):
     expected = [reference_answer(scenes["centers"][i], scenes["shapes"][i], q) for q in question[i]]

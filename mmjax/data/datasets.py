@@ -138,7 +138,7 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   The multimodal ones (their modules say more):
   sort_of_clevr, splits "train" and "validation", one example per image: "image" uint8
     [N, 75, 75, 3], "question" float32 [N, 20, 11], "label" int32 [N, 20] (sort_of_clevr.ANSWERS
-    indices), "relational" int32 [N, 20];
+    indices), "relational" int32 [N, 20], "question_type" int32 [N, 20] (sort_of_clevr.QUESTION_TYPES);
   av_digits, av_digits_da_source, av_digits_da_target: "image" uint8 [N, 28, 28, 1], "audio"
     float32 [N, 8000] (1 s at 8 kHz in [-1, 1]), "label" int32 [N] digit, "speaker" int32 [N];
   omniglot_strokes: "image" uint8 [N, 28, 28, 1], "strokes" float32 [N, 64, 3] (dx, dy, pen_lift),

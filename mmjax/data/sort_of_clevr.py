@@ -31,6 +31,8 @@ COLORS = ("red", "green", "blue", "orange", "grey", "yellow")
 _RGB = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 156, 0), (128, 128, 128),
                  (255, 255, 0)], np.uint8)
 SHAPES = ("rectangle", "circle")
+# question_type ids 0..5: 3 * relational + subtype (the names the VQA eval reports accuracies under)
+QUESTION_TYPES = ("shape", "left", "top", "closest", "furthest", "count")
 ANSWERS = ("yes", "no", "rectangle", "circle", "1", "2", "3", "4", "5", "6")
 _YES, _NO, _FIRST_SHAPE, _FIRST_COUNT = 0, 1, 2, 4
 NUM_OBJECTS = len(COLORS)
@@ -172,10 +174,14 @@ def render(centers: np.ndarray, shapes: np.ndarray) -> np.ndarray:
 
 def common_form(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Stored examples -> one per image: "image" uint8 [N, 75, 75, 3], "question" float32 [N, 20, 11],
-  "label" int32 [N, 20] (ANSWERS indices), "relational" int32 [N, 20] (1 for the last 10)."""
-  return {"image": arrays["image"], "question": arrays["question"].astype(np.float32),
+  "label" int32 [N, 20] (ANSWERS indices), "relational" int32 [N, 20] (1 for the last 10),
+  "question_type" int32 [N, 20] (QUESTION_TYPES ids, read from the question bits)."""
+  question = arrays["question"].astype(np.float32)
+  question_type = (3 * np.argmax(question[..., _TYPE_BIT:_SUBTYPE_BIT], -1)
+                   + np.argmax(question[..., _SUBTYPE_BIT:], -1)).astype(np.int32)
+  return {"image": arrays["image"], "question": question,
           "label": arrays["label"].astype(np.int32),
-          "relational": arrays["relational"].astype(np.int32)}
+          "relational": arrays["relational"].astype(np.int32), "question_type": question_type}
 
 
 def describe_question(bits: np.ndarray) -> str:

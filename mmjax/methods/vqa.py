@@ -4,7 +4,8 @@ A training example is one image with its Q questions (`question` [B, Q, D], `lab
 `relational` [B, Q]). Each step draws `config.vqa.questions_per_image` of them per image, without
 replacement, so a step sees B * k (image, question) pairs; evaluation answers all Q questions of every
 image and reports relational and non-relational accuracy apart, as the Relation Network paper does
-(Santoro et al. 2017, §4).
+(Santoro et al. 2017, §4). With `config.vqa.question_types` = names of the ids in the dataset's
+`question_type` [B, Q] entry, it also reports `<name>_accuracy` for each type.
 """
 import jax
 import jax.numpy as jnp
@@ -69,29 +70,42 @@ def make_loss(config):
 def make_eval(config):
   _check(config)
 
+  types = tuple(config.vqa.question_types)
+
   def eval_fn(model, params, batch):
     """Sums over all questions of the real (mask = 1) images of an eval batch."""
     b, q = batch["label"].shape
+    if types and "question_type" not in batch:
+      raise ValueError(f"config.vqa.question_types={types} but the eval data has no "
+                       "'question_type' entry")
     inputs, labels, relational = pairs(batch, jnp.broadcast_to(jnp.arange(q), (b, q)))
     logits = model.apply({"params": params}, inputs, train=False)["logits"]
     mask = jnp.repeat(batch["mask"], q)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
     rel = relational.astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return {"correct": correct.sum(), "loss": jnp.sum(ce * mask), "count": mask.sum(),
+    sums = {"correct": correct.sum(), "loss": jnp.sum(ce * mask), "count": mask.sum(),
             "relational_correct": jnp.sum(correct * rel), "relational_count": jnp.sum(mask * rel),
             "nonrelational_correct": jnp.sum(correct * (1 - rel)),
             "nonrelational_count": jnp.sum(mask * (1 - rel))}
+    if types:
+      question_type = batch["question_type"].reshape(-1)
+      for i, name in enumerate(types):
+        is_type = (question_type == i).astype(jnp.float32)
+        sums[f"{name}_correct"] = jnp.sum(correct * is_type)
+        sums[f"{name}_count"] = jnp.sum(mask * is_type)
+    return sums
   return eval_fn
 
 
 def summarize_eval(sums):
   def ratio(a, b):
     return float(sums[a]) / max(float(sums[b]), 1.0)
-  return {"accuracy": ratio("correct", "count"), "loss": ratio("loss", "count"),
-          "relational_accuracy": ratio("relational_correct", "relational_count"),
-          "nonrelational_accuracy": ratio("nonrelational_correct", "nonrelational_count"),
-          "n": int(sums["count"])}
+  out = {"accuracy": ratio("correct", "count"), "loss": ratio("loss", "count"),
+         "n": int(sums["count"])}
+  for name in sorted(k[:-len("_correct")] for k in sums if k.endswith("_correct") and k != "correct"):
+    out[f"{name}_accuracy"] = ratio(f"{name}_correct", f"{name}_count")
+  return out
 
 
 def example_inputs(config, arrays):
