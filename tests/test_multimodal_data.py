@@ -1,5 +1,6 @@
 """Tests of the multimodal datasets against the real raw files and against references computed here."""
 import io
+import pathlib
 import tarfile
 import wave
 import zipfile
@@ -9,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mmjax import config as config_lib
 from mmjax import data
 from mmjax.data import av_digits
 from mmjax.data import omniglot_strokes
@@ -70,6 +72,10 @@ def test_sort_of_clevr_counts_shapes_and_answers(tfds_dir, split, count):
   kinds = {"shape": {2, 3}, "left": {0, 1}, "top": {0, 1}, "closest": {2, 3}, "furthest": {2, 3},
            "count": set(range(4, 10))}
   assert tuple(kinds) == sort_of_clevr.QUESTION_TYPES
+  # The config names the same ids (it keeps a literal copy so that loading it needs no tfds).
+  config_types = config_lib.load(
+      str(pathlib.Path(__file__).resolve().parents[1] / "configs/sort_of_clevr.py") + ":early").vqa.question_types
+  assert tuple(config_types) == sort_of_clevr.QUESTION_TYPES
   np.testing.assert_array_equal(arrays["question_type"] >= 3, arrays["relational"] == 1)
   for i, name in enumerate(sort_of_clevr.QUESTION_TYPES):
     assert set(np.unique(arrays["label"][arrays["question_type"] == i])) <= kinds[name], name
