@@ -4,9 +4,10 @@ The digits config with the unlabelled target train split as a second stream (bat
 + 128 target) and the DANN paper's annealed learning rate (Ganin et al. 2016, §5.2.2).
 Args: <method>/<pair>, method in dann | cdan | cdan_e | dan, pair in mnist_usps | usps_mnist
 (e.g. configs/digits_adapt.py:dann/mnist_usps). <method>/<pair>/tll: Transfer-Learning-Library's
-digits LeNet instead (conv 20 and 50 channels, 500 hidden, 256 features, dropout 0.5 after conv2
-and fc1; its bottleneck's batch norm left out) and 10,000 steps; the table (sweep()) runs the plain
-args.
+digits recipe instead: its LeNet (conv 20 and 50 channels, 500 hidden, a 256-wide bottleneck with
+batch norm, dropout 0.5 after conv2 and fc1, inputs normalised to [-1, 1]), batch norm in the
+domain classifier, weight decay 1e-3 with Nesterov momentum, the reversal's lambda warmed up over
+its first 1,000 steps (gamma scaled so), and 10,000 steps; the table (sweep()) runs the plain args.
 """
 import pathlib
 
@@ -32,8 +33,15 @@ def get_config(arg=None):
   c.adapt.domain_hidden = 1024
   c.adapt.domain_layers = 2
   if variant == ["tll"]:
-    c.model.update(channels=(20, 50), hidden=500, features=256, dropout=0.5)
+    c.model.update(channels=(20, 50), hidden=500, features=256, dropout=0.5, bottleneck_norm=True,
+                   center_inputs=True)
+    c.adapt.domain_norm = True
     c.train.steps = 10000
+    # TLL's WarmStartGradientReverseLayer: lambda = 2 / (1 + exp(-10 i / 1000)) - 1 at step i.
+    c.adapt.gamma = 10.0 * c.train.steps / 1000
+    c.optim.decay_alpha = 0.001 * c.train.steps  # its lr (1 + 0.001 i)^-0.75: the same here
+    c.optim.weight_decay = 1e-3
+    c.optim.nesterov = True
     c.eval_every = 2000
     c.checkpoint.every = 2000
   return c

@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.adapt.lambda_max = 1.0         #   lambda_max * (2 / (1 + exp(-gamma p)) - 1), p = progress
   c.adapt.domain_hidden = 1024     # domain classifier: domain_layers x domain_hidden, ReLU
   c.adapt.domain_layers = 2
+  c.adapt.domain_norm = False      # batch norm before each domain-classifier ReLU (running averages)
   c.adapt.randomized = False       # cdan: randomized map (R_f f) * (R_g g) / sqrt(d) instead of f x g
   c.adapt.randomized_dim = 1024    # cdan: d, the randomized map's size (R_f, R_g fixed by c.seed)
   c.adapt.mmd_weight = 1.0         # dan: loss = class loss + mmd_weight * MK-MMD^2(features)

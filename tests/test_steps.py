@@ -127,3 +127,56 @@ def test_supervised_eval_counts_only_unmasked_rows():
   assert float(sums["count"]) == 6
   assert float(sums["correct"]) == expected_correct
   np.testing.assert_allclose(float(sums["loss"]), expected_loss, rtol=1e-5)
+
+
+def _fc2_outputs(model, params, images):
+  """LeNet's fc2 outputs before its batch norm, captured by flax (eval-mode forward)."""
+  _, state = model.apply({"params": params, "batch_stats": jax.tree.map(
+      jnp.zeros_like, model.init(jax.random.PRNGKey(0), images[:1])["batch_stats"])}, images,
+      capture_intermediates=lambda mdl, _: mdl.name == "fc2", mutable=["intermediates"])
+  return np.asarray(state["intermediates"]["fc2"]["__call__"][0], np.float64)
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_batch_norm_running_averages_update_in_the_step_and_serve_eval(mode):
+  """LeNet's bottleneck batch norm: the step returns running averages = 0.9 * old + 0.1 * the
+  batch's (numpy, from fc2's captured outputs; pmap: the mean of the 4 devices' statistics), and
+  the eval step normalises with them."""
+  assert jax.device_count() == 4
+  model, method = LeNet(bottleneck_norm=True), methods.get_method("supervised")
+  tx = optim.make_optimizer(_optim(), 10)
+  part = steps.Partitioner(mode)
+  state, _ = steps.init_state(model, jnp.zeros((1, 28, 28, 1)), lambda p: tx, part, seed=0)
+  assert set(state.model_state) == {"batch_stats"}
+  np.testing.assert_array_equal(state.model_state["batch_stats"]["fc2_norm"]["var"], 1.0)
+  params0 = jax.device_get(state.params)
+  update = part.compile_update(steps.make_update(method.loss_fn, model, tx, 10,
+                                                 "batch" if mode == "pmap" else None))
+  b = _batch(32)
+  if mode == "pmap":
+    new, _ = update(part.to_pmap_state(state), part.pmap_batch({"train": b}),
+                    jax.random.PRNGKey(1))
+    new = part.from_pmap_state(new)
+  else:
+    new, _ = update(state, part.global_batch({"train": b}), jax.random.PRNGKey(1))
+  h = _fc2_outputs(model, params0, b["image"])
+  shares = h.reshape(4, 8, -1) if mode == "pmap" else h[None]
+  mean = np.mean([s.mean(0) for s in shares], 0)
+  var = np.mean([s.var(0) for s in shares], 0)
+  stats = jax.device_get(new.model_state["batch_stats"]["fc2_norm"])
+  np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * var, rtol=1e-4, atol=1e-6)
+
+  # Eval: (h - mean) / sqrt(var + eps) * scale + bias with the running averages, then ReLU, head.
+  params = jax.device_get(new.params)
+  eval_step = jax.jit(lambda p, batch, s: method.eval_fn(steps.with_state(model, s), p, batch))
+  test = _batch(8, 5)
+  got = eval_step(params, {**test, "mask": np.ones(8, np.float32)}, new.model_state)
+  h = _fc2_outputs(model, params, test["image"])
+  norm = params["fc2_norm"]
+  f = np.maximum((h - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * norm["scale"] + norm["bias"], 0)
+  logits = f @ np.asarray(params["head"]["kernel"], np.float64) + params["head"]["bias"]
+  assert float(got["correct"]) == float((logits.argmax(-1) == test["label"]).sum())
+  lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  np.testing.assert_allclose(float(got["loss"]), (lse - logits[np.arange(8), test["label"]]).sum(),
+                             rtol=1e-4)

@@ -13,18 +13,19 @@ import numpy as np
 from mmjax import data as data_lib
 from mmjax import methods
 from mmjax.methods.inputs import model_inputs
-from mmjax.train import checkpoint
+from mmjax.train import checkpoint, steps
 
 
 def load_run(workdir):
-  """(config, model, params) of the run in `workdir`, params from its latest checkpoint."""
+  """(config, model, params) of the run in `workdir`, params from its latest checkpoint; a model
+  with state (batch norm averages) comes with that state filled in."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{workdir} has no config.json: it is not an mmjax run's workdir")
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   model = methods.get_method(config.method).build_model(config)
-  params, _ = checkpoint.read_params(str(workdir))
-  return config, model, params
+  params, model_state, _ = checkpoint.read_variables(str(workdir))
+  return config, steps.with_state(model, model_state), params
 
 
 def load_data(config, dataset: str, split: str) -> dict:

@@ -23,7 +23,8 @@ def build_model(config):
                                    domain_layers=config.adapt.domain_layers,
                                    randomized=config.adapt.randomized,
                                    randomized_dim=config.adapt.randomized_dim,
-                                   map_seed=config.seed, dtype=jnp.dtype(config.dtype))
+                                   map_seed=config.seed, domain_norm=config.adapt.domain_norm,
+                                   dtype=jnp.dtype(config.dtype))
 
 
 def entropy_weights(logits, num_source: int):

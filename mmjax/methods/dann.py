@@ -27,6 +27,7 @@ def build_model(config):
   return DomainAdversarialNet(backbone=models.build_model(config.model, config.dtype),
                               domain_hidden=config.adapt.domain_hidden,
                               domain_layers=config.adapt.domain_layers,
+                              domain_norm=config.adapt.domain_norm,
                               dtype=jnp.dtype(config.dtype))
 
 

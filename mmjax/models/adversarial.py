@@ -27,14 +27,19 @@ def _reverse_bwd(coeff, g):
 reverse_gradient.defvjp(_reverse_fwd, _reverse_bwd)
 
 
-def domain_classifier(h, hidden: int, layers: int, dtype):
+def domain_classifier(h, hidden: int, layers: int, dtype, norm: bool = False, train: bool = False):
   """`layers` ReLU layers of `hidden` units, then one logit per example (target vs source).
 
   Called inside a parent's compact __call__, so its layers (domain_fc1.., domain_head) are the
-  parent's params.
+  parent's params. `norm`: batch norm before each ReLU (Transfer-Learning-Library's
+  DomainDiscriminator: Linear, BatchNorm1d, ReLU), running averages in "batch_stats".
   """
   for i in range(layers):
-    h = nn.relu(nn.Dense(hidden, dtype=dtype, name=f"domain_fc{i + 1}")(h))
+    h = nn.Dense(hidden, dtype=dtype, name=f"domain_fc{i + 1}")(h)
+    if norm:
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                       name=f"domain_norm{i + 1}")(h)
+    h = nn.relu(h)
   return nn.Dense(1, dtype=dtype, name="domain_head")(h)[:, 0].astype(jnp.float32)
 
 
@@ -46,11 +51,13 @@ class DomainAdversarialNet(nn.Module):
   backbone: nn.Module
   domain_hidden: int = 1024
   domain_layers: int = 2
+  domain_norm: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, reversal: float = 0.0):
     out = dict(self.backbone(x, train=train))
     h = reverse_gradient(out["features"], jnp.asarray(reversal, jnp.float32))
-    out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype)
+    out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype,
+                                             self.domain_norm, train)
     return out

@@ -43,6 +43,7 @@ class ConditionalAdversarialNet(nn.Module):
   randomized: bool = False
   randomized_dim: int = 1024
   map_seed: int = 0
+  domain_norm: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -56,5 +57,6 @@ class ConditionalAdversarialNet(nn.Module):
     else:
       h = multilinear_map(f, g)
     h = reverse_gradient(h, jnp.asarray(reversal, jnp.float32))
-    out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype)
+    out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype,
+                                             self.domain_norm, train)
     return out

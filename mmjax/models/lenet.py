@@ -19,12 +19,18 @@ class LeNet(nn.Module):
   `channels`, `hidden`, `features` and `dropout` give the other LeNets of the domain-adaptation
   literature; Transfer-Learning-Library's digits LeNet is channels (20, 50), hidden 500, features
   256, dropout 0.5: channel dropout after conv2 and dropout after fc1, active when train=True.
+  `bottleneck_norm` puts batch norm between fc2 and its ReLU (that library's bottleneck: Linear,
+  BatchNorm1d, ReLU), with running averages (PyTorch's momentum 0.1, eps 1e-5) kept in the
+  "batch_stats" collection and used when train=False. `center_inputs` maps [0, 1] inputs to
+  [-1, 1] (its Normalize(mean=0.5, std=0.5)).
   """
   num_classes: int = 10
   hidden: int = 100
   features: int = 0  # 0: the same as hidden
   channels: tuple = (32, 48)
   dropout: float = 0.0
+  bottleneck_norm: bool = False
+  center_inputs: bool = False
   fast_ops: bool = True
   dtype: jnp.dtype = jnp.float32
 
@@ -36,6 +42,8 @@ class LeNet(nn.Module):
     else:
       conv, pool = nn.Conv, lambda h, window: nn.max_pool(h, window, strides=window)
     x = x.astype(self.dtype)
+    if self.center_inputs:
+      x = 2.0 * x - 1.0
     x = conv(self.channels[0], (5, 5), padding="VALID", dtype=self.dtype, name="conv1")(x)
     x = pool(nn.relu(x), (2, 2))
     x = conv(self.channels[1], (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
@@ -46,6 +54,10 @@ class LeNet(nn.Module):
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    features = nn.relu(nn.Dense(self.features or self.hidden, dtype=self.dtype, name="fc2")(x))
+    features = nn.Dense(self.features or self.hidden, dtype=self.dtype, name="fc2")(x)
+    if self.bottleneck_norm:
+      features = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                              dtype=self.dtype, name="fc2_norm")(features)
+    features = nn.relu(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
     return {"features": features, "logits": logits.astype(jnp.float32)}

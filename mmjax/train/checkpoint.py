@@ -85,6 +85,13 @@ def _check_finite(tree, step):
 
 def read_params(workdir: str, step: int = -1):
   """The params of another run's checkpoint (its latest when step is -1), as numpy arrays."""
+  params, _, step = read_variables(workdir, step)
+  return params, step
+
+
+def read_variables(workdir: str, step: int = -1):
+  """(params, model_state, step) of another run's checkpoint (its latest when step is -1), as numpy
+  arrays; model_state is {} for models without batch norm averages (and for older checkpoints)."""
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   if not directory.is_dir():
     raise CheckpointError(f"init_from.workdir={workdir!r} has no checkpoints directory {directory}")
@@ -102,4 +109,5 @@ def read_params(workdir: str, step: int = -1):
                           metadata)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   manager.close()
-  return jax.device_get(restored["state"]["state"]["params"]), step
+  state = restored["state"]["state"]
+  return jax.device_get(state["params"]), jax.device_get(state.get("model_state") or {}), step

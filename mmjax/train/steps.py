@@ -4,7 +4,6 @@ Both modes compute the same thing: the loss is a mean over the global batch; in 
 holds an equal share, so the mean of the per-device means (lax.pmean) is that same global mean.
 """
 import collections
-import functools
 
 import flax
 import jax
@@ -16,24 +15,65 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 @flax.struct.dataclass
 class TrainState:
+  """`model_state`: the model's variables that are not trained by the optimizer, by collection
+  (batch norm's running averages: {"batch_stats": ...}); {} for models without any."""
   step: jax.Array
   params: dict
   opt_state: optax.OptState
+  model_state: dict = flax.struct.field(default_factory=dict)
+
+
+def split_variables(variables) -> tuple:
+  """model.init's variables -> (params, model_state): every collection but "params" is state."""
+  variables = dict(variables)
+  params = variables.pop("params")
+  return params, variables
+
+
+class StatefulModel:
+  """A model whose `apply` fills in the non-param collections of `model_state`.
+
+  The methods' losses and evals call `model.apply({"params": params}, x, train=...)`; given this
+  wrapper instead of the flax module, a model with batch norm gets its running averages, and with
+  train=True they are updated (mutable) and kept in `new_state` for the train step to return. Used
+  only inside the traced step functions; `new_state` is then a value of that same trace.
+  """
+
+  def __init__(self, model, model_state: dict):
+    self.model, self.model_state, self.new_state = model, model_state, None
+
+  def apply(self, variables, *args, train: bool = False, **kwargs):
+    variables = {**variables, **self.model_state}
+    if train:
+      out, new_state = self.model.apply(variables, *args, train=True,
+                                        mutable=list(self.model_state), **kwargs)
+      self.new_state = dict(new_state)
+      return out
+    return self.model.apply(variables, *args, train=False, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+
+def with_state(model, model_state):
+  """The model itself when it has no state (the common case), else a StatefulModel."""
+  return StatefulModel(model, model_state) if model_state else model
 
 
 def init_state(model, example, tx_fn, partitioner, seed: int, load=None):
-  """(TrainState, tx): params made by model.init from PRNGKey(seed) directly with the replicated
-  sharding (`load(host params) -> params` replaces them, e.g. with pretrained weights), and
-  `tx = tx_fn(params)`'s state."""
-  params = jax.jit(lambda rng: model.init(rng, example, train=False)["params"],
-                   out_shardings=partitioner.replicated)(jax.random.PRNGKey(seed))
+  """(TrainState, tx): params (and the model's state, e.g. batch norm averages) made by model.init
+  from PRNGKey(seed) directly with the replicated sharding (`load(host params) -> params` replaces
+  the params, e.g. with pretrained weights), and `tx = tx_fn(params)`'s state."""
+  params, model_state = jax.jit(
+      lambda rng: split_variables(model.init(rng, example, train=False)),
+      out_shardings=partitioner.replicated)(jax.random.PRNGKey(seed))
   if load is not None:
     params = jax.jit(lambda p: p, out_shardings=partitioner.replicated)(
         load(jax.device_get(params)))
   tx = tx_fn(params)
-  state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                       opt_state=tx.init(p)),
-                  out_shardings=partitioner.replicated)(params)
+  state = jax.jit(lambda p, s: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                          opt_state=tx.init(p), model_state=s),
+                  out_shardings=partitioner.replicated)(params, model_state)
   return state, tx
 
 
@@ -43,13 +83,21 @@ def make_update(loss_fn, model, tx, total_steps: int, axis_name=None):
   def update(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     progress = state.step.astype(jnp.float32) / total_steps
-    loss = functools.partial(loss_fn, model)
-    grads, metrics = jax.grad(loss, argnums=0, has_aux=True)(state.params, batch, rng, progress)
+
+    def loss(params):
+      stateful = with_state(model, state.model_state)
+      value, metrics = loss_fn(stateful, params, batch, rng, progress)
+      new_state = getattr(stateful, "new_state", None)
+      return value, (metrics, state.model_state if new_state is None else new_state)
+
+    grads, (metrics, model_state) = jax.grad(loss, has_aux=True)(state.params)
     if axis_name is not None:
-      grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+      # Each device's batch norm saw its own share of the batch: average their running stats.
+      grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      model_state=model_state), metrics
 
   return update
 
@@ -62,7 +110,8 @@ def make_meta_update(meta_grad, tx):
     grads, metrics = meta_grad(state.params, tasks)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      model_state=state.model_state), metrics
 
   return update
 

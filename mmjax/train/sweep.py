@@ -143,9 +143,11 @@ class _Standard:
 
     def one(seed, hp):
       cfg = with_hparams(config, hp)
-      params = method.build_model(cfg).init(jax.random.PRNGKey(seed), example, train=False)["params"]
+      params, model_state = steps.split_variables(
+          method.build_model(cfg).init(jax.random.PRNGKey(seed), example, train=False))
       state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=_make_tx(cfg, params).init(params))
+                               opt_state=_make_tx(cfg, params).init(params),
+                               model_state=model_state)
       return {"state": state, "rng": jax.random.PRNGKey(seed + 1)}
 
     return jax.jit(jax.vmap(one))(jnp.asarray(seeds), self.hparams)
@@ -191,9 +193,11 @@ class _Standard:
     model = self.method.build_model(cfg)
     if key not in self._eval_steps:
       self._eval_steps[key] = trainer.make_eval_step(self.method, cfg, model, self.partitioner)
-    params = jax.device_put(tree["state"].params, self.partitioner.replicated)
+    params, model_state = jax.device_put((tree["state"].params, tree["state"].model_state),
+                                         self.partitioner.replicated)
     return trainer.evaluate(self.method, cfg, model, params, self.eval_sets[i], self.partitioner,
-                            self.eval_batch, eval_step=self._eval_steps[key])
+                            self.eval_batch, eval_step=self._eval_steps[key],
+                            model_state=model_state)
 
 
 def _steps(body, state, xs, single: bool):

@@ -71,17 +71,24 @@ def load_eval_sets(config):
 
 
 def make_eval_step(method, config, model, partitioner):
-  """eval_step(params, global batch) -> the method's eval outputs, compiled for the mesh."""
-  return jax.jit(functools.partial(method.make_eval(config), model),
-                 in_shardings=(partitioner.replicated, partitioner.batch_sharding),
+  """eval_step(params, global batch, model_state) -> the method's eval outputs, compiled for the
+  mesh; model_state (batch norm averages, {} for most models) is the TrainState's."""
+  eval_fn = method.make_eval(config)
+  return jax.jit(lambda params, batch, model_state: eval_fn(steps.with_state(model, model_state),
+                                                            params, batch),
+                 in_shardings=(partitioner.replicated, partitioner.batch_sharding,
+                               partitioner.replicated),
                  out_shardings=partitioner.replicated)
 
 
-def evaluate(method, config, model, params, eval_sets, partitioner, batch_size, eval_step=None):
+def evaluate(method, config, model, params, eval_sets, partitioner, batch_size, eval_step=None,
+             model_state=None):
   """Full passes over every eval set; returns {name: {accuracy, loss, n}}.
 
   `eval_step` (from make_eval_step) lets many runs of one model share one compiled eval step.
+  `model_state` is the TrainState's (None: the model has none).
   """
+  model_state = model_state or {}
   eval_step = eval_step or make_eval_step(method, config, model, partitioner)
   results = {}
   window = steps.DispatchWindow()
@@ -91,7 +98,7 @@ def evaluate(method, config, model, params, eval_sets, partitioner, batch_size, 
     for local in data_lib.eval_batches(arrays, global_batch=batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count()):
-      out = eval_step(params, partitioner.global_batch(local))
+      out = eval_step(params, partitioner.global_batch(local), model_state)
       if collect:  # per-example outputs of the global batch, replicated: keep the real rows
         out = jax.device_get(out)
         parts.append({k: v[out["mask"] > 0] for k, v in out.items() if k != "mask"})
@@ -223,8 +230,9 @@ def train_and_evaluate(config, workdir) -> dict:
         out.scalars(step, values)
         totals = new_totals()
       if config.eval_every and step % config.eval_every == 0 and not last:
-        params = mesh_state().params
-        ev = evaluate(method, config, model, params, eval_sets, partitioner, eval_batch)
+        current = mesh_state()
+        ev = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
+                      model_state=current.model_state)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
       if step % config.checkpoint.every == 0 or last:
         check_finite(step)
@@ -235,8 +243,9 @@ def train_and_evaluate(config, workdir) -> dict:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
         return {"preempted": True, "step": step}
-    params = mesh_state().params
-    final = evaluate(method, config, model, params, eval_sets, partitioner, eval_batch)
+    current = mesh_state()
+    final = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
+                     model_state=current.model_state)
     out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
   finally:
     preemption.restore()
