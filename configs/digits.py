@@ -2,6 +2,8 @@
 
 Args: mnist_usps | usps_mnist (train on the source domain, evaluate on both test sets), and
 mnist_usps_oracle | usps_mnist_oracle (train on the target domain's train split: the upper bound).
+A "/tll" suffix (e.g. mnist_usps/tll) trains with Transfer-Learning-Library's digits recipe instead
+(tll_recipe below), the baselines of configs/digits_adapt.py's /tll rows.
 """
 from mmjax.config import base_config
 
@@ -16,9 +18,11 @@ ARGS = {
 
 def get_config(arg=None):
   arg = arg or "mnist_usps"
-  if arg not in ARGS:
-    raise ValueError(f"unknown digits arg {arg!r}; use one of {', '.join(ARGS)}")
-  source, target, oracle = ARGS[arg]
+  base, *variant = arg.split("/")
+  if base not in ARGS or variant not in ([], ["tll"]):
+    raise ValueError(f"unknown digits arg {arg!r}; use one of {', '.join(ARGS)}, each optionally "
+                     "with /tll")
+  source, target, oracle = ARGS[base]
   c = base_config()
   c.model.name = "lenet"
   c.model.num_classes = 10
@@ -35,7 +39,25 @@ def get_config(arg=None):
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
   c.checkpoint.every = 1000
+  if variant:
+    tll_recipe(c)
   return c
+
+
+def tll_recipe(c):
+  """Transfer-Learning-Library's digits recipe (its examples' LeNet scripts, lr 0.01, batch 128):
+  its LeNet (conv 20 and 50 channels, fc 500, a 256-wide bottleneck with batch norm, dropout 0.5
+  after conv2 and fc1), inputs normalised to [-1, 1], SGD with Nesterov momentum 0.9 and weight
+  decay 1e-3, lr 0.01 (1 + 0.001 i)^-0.75 at step i; 10,000 steps (TLL trains 50,000)."""
+  c.model.update(channels=(20, 50), hidden=500, features=256, dropout=0.5, bottleneck_norm=True,
+                 center_inputs=True)
+  c.train.steps = 10000
+  c.optim.schedule = "dann"  # lr / (1 + alpha p)^0.75 with p = i / steps
+  c.optim.decay_alpha = 0.001 * c.train.steps
+  c.optim.weight_decay = 1e-3
+  c.optim.nesterov = True
+  c.eval_every = 2000
+  c.checkpoint.every = 2000
 
 
 def sweep():

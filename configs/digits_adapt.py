@@ -33,17 +33,10 @@ def get_config(arg=None):
   c.adapt.domain_hidden = 1024
   c.adapt.domain_layers = 2
   if variant == ["tll"]:
-    c.model.update(channels=(20, 50), hidden=500, features=256, dropout=0.5, bottleneck_norm=True,
-                   center_inputs=True)
+    digits.tll_recipe(c)
     c.adapt.domain_norm = True
-    c.train.steps = 10000
     # TLL's WarmStartGradientReverseLayer: lambda = 2 / (1 + exp(-10 i / 1000)) - 1 at step i.
     c.adapt.gamma = 10.0 * c.train.steps / 1000
-    c.optim.decay_alpha = 0.001 * c.train.steps  # its lr (1 + 0.001 i)^-0.75: the same here
-    c.optim.weight_decay = 1e-3
-    c.optim.nesterov = True
-    c.eval_every = 2000
-    c.checkpoint.every = 2000
   return c
 
 

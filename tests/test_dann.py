@@ -120,6 +120,29 @@ def test_dann_digits_run_preempted_and_resumed_matches_straight_run(tmp_path):
       [2 / (1 + np.exp(-10 * s / 40)) - 1 for s in range(35, 40)]), rtol=1e-5)
 
 
+def test_tll_baselines_share_the_adaptation_rows_recipe():
+  """configs/digits.py:<arg>/tll (source only, train on target) trains the same model with the same
+  optimizer and schedule as the /tll adaptation rows; only those add the domain classifier's parts."""
+  for pair in ("mnist_usps", "usps_mnist"):
+    base = config_lib.load(str(REPO / f"configs/digits.py:{pair}/tll"))
+    oracle = config_lib.load(str(REPO / f"configs/digits.py:{pair}_oracle/tll"))
+    adapt = config_lib.load(str(REPO / f"configs/digits_adapt.py:dann/{pair}/tll"))
+    for cfg in (base, oracle):
+      assert cfg.model.to_dict() == adapt.model.to_dict() and cfg.optim.to_dict() == adapt.optim.to_dict()
+      assert cfg.train.steps == adapt.train.steps == 10000 and cfg.method == "supervised"
+    assert oracle.data.train == adapt.data.target != base.data.train
+    # lr 0.01 (1 + 0.001 i)^-0.75 (TLL's scheduler) at step i, through the engine's "dann" schedule.
+    sched = optim.schedule(adapt.optim, adapt.train.steps)
+    for i in (0, 1000, 9999):
+      np.testing.assert_allclose(sched(i), 0.01 * (1 + 0.001 * i) ** -0.75, rtol=1e-6)
+    # lambda warmed up over 1,000 steps: 2 / (1 + exp(-10 i / 1000)) - 1 at step i.
+    for i in (0, 300, 1000):
+      np.testing.assert_allclose(methods.get_method("dann").reversal_strength(
+          i / adapt.train.steps, adapt.adapt.gamma), 2 / (1 + np.exp(-10 * i / 1000)) - 1, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown digits arg"):
+    config_lib.load(str(REPO / "configs/digits.py:mnist_usps/ttl"))
+
+
 def test_tll_recipe_with_batch_norm_resumes_exactly(tmp_path):
   """The tll variant (batch norm in the bottleneck and the domain classifier): its running averages
   are checkpointed, restored on resume (results equal a straight run's) and read back for analysis."""
