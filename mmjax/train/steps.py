@@ -35,8 +35,9 @@ class StatefulModel:
 
   The methods' losses and evals call `model.apply({"params": params}, x, train=...)`; given this
   wrapper instead of the flax module, a model with batch norm gets its running averages, and with
-  train=True they are updated (mutable) and kept in `new_state` for the train step to return. Used
-  only inside the traced step functions; `new_state` is then a value of that same trace.
+  train=True they are updated (mutable) and kept in `new_state` for the train step to return.
+  train=True belongs inside the traced step only (`new_state` is a value of that trace); eval-mode
+  use anywhere (mmjax.analysis.runs.load_run) just reads the averages.
   """
 
   def __init__(self, model, model_state: dict):
