@@ -19,6 +19,10 @@ flags.DEFINE_list("only", [], "run only the cells whose config arg (after the ':
                   "--only=early; the table still shows every finished cell")
 flags.DEFINE_string("out", None, "where the table and plots go "
                     "(default docs/results, or <workdir>/tables with --quick)")
+flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every cell, e.g. "
+                          "--set=data.order=numpy (repeat for more); use a --workdir of its own")
+flags.DEFINE_bool("tables_only", False, "train nothing: write the table from the finished cells")
+flags.DEFINE_string("note", "", "appended to the table's notes (e.g. the machine the runs ran on)")
 FLAGS = flags.FLAGS
 
 
@@ -27,6 +31,17 @@ def settings_from_sweep(config: str, labels: dict) -> list:
   sweep = experiments.load_config_module(config).sweep()
   return [{"row": labels[s["arg"]][0], "column": labels[s["arg"]][1],
            "config": f"{config}:{s['arg']}"} for s in sweep if s["arg"] in labels]
+
+
+def set_overrides(items) -> tuple:
+  """(("key", "value"), ...) from --set KEY=VALUE items; each key is checked when a cell's config loads."""
+  pairs = []
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set=data.order=numpy")
+    pairs.append((key, value))
+  return tuple(pairs)
 
 
 def only_cells(cells, only) -> list:
@@ -68,12 +83,15 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
     raise SystemExit("--workdir is required")
   logs.setup()
   seeds = range(1 if FLAGS.quick else FLAGS.seeds)
-  cells = experiments.grid(settings, seeds, quick_overrides if FLAGS.quick else ())
+  cells = experiments.grid(settings, seeds,
+                           (quick_overrides if FLAGS.quick else ()) + set_overrides(FLAGS.set))
   root = pathlib.Path(FLAGS.workdir)
-  to_run = only_cells(cells, FLAGS.only)
+  to_run = [] if FLAGS.tables_only else only_cells(cells, FLAGS.only)
   status = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep).run(to_run)
   if FLAGS.quick:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
+  if FLAGS.note:
+    spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {FLAGS.note}".strip()})
   paths = write_outputs(spec, root, cells, len(seeds), conclusion)
   failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
   for key, why in failed.items():

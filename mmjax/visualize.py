@@ -133,7 +133,7 @@ def _examples(config, count):
   """The first `count` examples of the first eval set, as the model sees them, plus titles."""
   name, ev = next(iter(config.evals.items()))
   arrays = data_lib.load_split(ev.dataset, ev.split, data_dir=config.data.dir,
-                               tfds_dir=config.data.tfds_dir)
+                               tfds_dir=config.data.tfds_dir, arrays_dir=config.data.arrays_dir)
   batch = next(data_lib.eval_batches({k: v[:count] for k, v in arrays.items()},
                                      global_batch=count))
   if config.method == "vqa":

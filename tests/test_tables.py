@@ -151,3 +151,15 @@ def test_only_keeps_the_cells_of_the_listed_config_args():
   assert table_script.only_cells(cells, []) == cells
   with pytest.raises(SystemExit, match="unknown config args"):
     table_script.only_cells(cells, ["erly"])
+
+
+def test_set_flags_become_every_cells_overrides_and_reach_its_config():
+  pairs = table_script.set_overrides(["data.order=numpy", "optim.lr=0.5", "evals.x.split=a=b"])
+  assert pairs == (("data.order", "numpy"), ("optim.lr", "0.5"), ("evals.x.split", "a=b"))
+  for bad in ("data.order", "=numpy"):
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+      table_script.set_overrides([bad])
+  cells = experiments.grid([{"row": "r", "column": "c", "config": "configs/digits.py:mnist_usps"}],
+                           [0, 1], pairs[:2])
+  config = experiments.cell_config(cells[1])
+  assert (config.data.order, config.optim.lr, config.seed) == ("numpy", 0.5, 1)

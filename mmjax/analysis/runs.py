@@ -29,7 +29,8 @@ def load_run(workdir):
 
 
 def load_data(config, dataset: str, split: str) -> dict:
-  return data_lib.load_split(dataset, split, data_dir=config.data.dir, tfds_dir=config.data.tfds_dir)
+  return data_lib.load_split(dataset, split, data_dir=config.data.dir, tfds_dir=config.data.tfds_dir,
+                             arrays_dir=config.data.arrays_dir)
 
 
 def apply_model(config, model, params, arrays, batch_size: int = 500) -> dict:

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from mmjax.data import amazon
+from mmjax.data import arrays as arrays_lib
 from mmjax.data import av_digits
 from mmjax.data import mnist
 from mmjax.data import office_caltech
@@ -28,16 +29,9 @@ from mmjax.data import paths
 from mmjax.data import sort_of_clevr
 from mmjax.data import tf_runtime
 from mmjax.data import usps
+from mmjax.data.arrays import NPZ_PREFIX, SPLITS, VAL_FRACTION, holdout_indices  # noqa: F401
 
 IMAGE_SIZE = 28
-# "train_fit" and "train_val" split "train" into a fit part and a held-out source validation part
-# (model selection: mmjax.selection), the same for every run and seed.
-SPLITS = ("train", "test", "train_fit", "train_val")
-VAL_FRACTION = 0.2
-_VAL_SEED = 20160901  # fixed: the held-out examples never depend on config.seed
-# A dataset name "npz:<path>" reads the arrays of a .npz file (e.g. pseudo-labelled target data
-# written by reverse validation); its "train" and "test" are the whole file.
-NPZ_PREFIX = "npz:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +139,7 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     "label" int32 [N] character index within the split, "drawing" int32 [N] unique drawing id.
   """
   if name.startswith(NPZ_PREFIX):
-    return _load_npz(name[len(NPZ_PREFIX):])
+    return arrays_lib.load_npz(name[len(NPZ_PREFIX):], f"dataset {name}")
   spec = _spec(name)
   if split in ("train_fit", "train_val") and "train" in spec.splits:
     arrays = load_split(name, "train", data_dir=data_dir, tfds_dir=tfds_dir)
@@ -160,30 +154,6 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   logging.info("Read %s/%s (%d examples) in %.1f s", name, split, len(arrays["label"]),
                time.perf_counter() - start)
   return spec.common_form(arrays)
-
-
-def holdout_indices(num_examples: int, fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-  """(fit, val): sorted indices of a fixed random `fraction` held out of range(num_examples).
-
-  The permutation depends only on num_examples, so every run, seed and method holds out the
-  same examples.
-  """
-  order = np.random.default_rng(_VAL_SEED).permutation(num_examples)
-  num_val = int(round(fraction * num_examples))
-  if not 0 < num_val < num_examples:
-    raise ValueError(f"cannot hold out {fraction:.0%} of {num_examples} examples as validation")
-  return np.sort(order[num_val:]), np.sort(order[:num_val])
-
-
-def _load_npz(path: str) -> dict[str, np.ndarray]:
-  if not os.path.isfile(path):
-    raise ValueError(f"dataset {NPZ_PREFIX}{path}: no such file")
-  with np.load(path) as npz:
-    arrays = {key: npz[key] for key in npz.files}
-  if "label" not in arrays:
-    raise ValueError(f"dataset {NPZ_PREFIX}{path} has no 'label' array; it has {sorted(arrays)}")
-  arrays["label"] = arrays["label"].astype(np.int32)
-  return arrays
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from its step number, and each process draws only its own share of a meta-batch.
 """
 import numpy as np
 
-from mmjax.data import datasets
+from mmjax.data import arrays
 from mmjax.data import sinusoid
 
 
@@ -90,7 +90,7 @@ def make_task_source(config, split: str):
   meta = config.meta
   if meta.dataset == "sinusoid":
     return sinusoid.SinusoidTasks(shots=meta.shots, queries=meta.queries)
-  arrays = datasets.load_split(meta.dataset, split, data_dir=config.data.dir,
-                               tfds_dir=config.data.tfds_dir)
-  return EpisodeSampler(arrays, ways=meta.ways, shots=meta.shots, queries=meta.queries,
+  loaded = arrays.load_split(meta.dataset, split, data_dir=config.data.dir,
+                             tfds_dir=config.data.tfds_dir, arrays_dir=config.data.arrays_dir)
+  return EpisodeSampler(loaded, ways=meta.ways, shots=meta.shots, queries=meta.queries,
                         rotate_classes=meta.rotate_classes)

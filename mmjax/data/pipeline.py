@@ -3,14 +3,18 @@
 Training reads one global example stream: epoch e is a permutation of range(N) drawn statelessly
 from (seed, e), and the epochs are concatenated. Global batch k is stream elements [k*B, (k+1)*B),
 so batches may straddle epochs, and process p of P takes rows [p*B/P, (p+1)*B/P) of each global batch.
+
+Two orders draw the permutations (config.data.order): "tf", TensorFlow's stateless shuffle, read
+through tf.data (the default, and every table's runs so far); "numpy", numpy's Philox generator keyed
+by (seed, epoch), read in plain numpy, for machines without TensorFlow. The two give different
+streams, so a run keeps the order it started with.
 """
 from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
-import tensorflow as tf
 
-from mmjax.data import tf_runtime
+ORDERS = ("tf", "numpy")
 
 
 def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
@@ -53,8 +57,9 @@ class TrainIterator:
   """
 
   def __init__(self, arrays: Mapping[str, np.ndarray], *, global_batch: int, seed: int,
-               position: int = 0, process_index: int = 0, process_count: int = 1):
-    tf_runtime.keep_tf_on_cpu()
+               position: int = 0, process_index: int = 0, process_count: int = 1,
+               order: str = "tf"):
+    _check_order(order)
     num_examples = _num_examples(arrays)
     rows = _rows_per_process(global_batch, process_index, process_count)
     if num_examples == 0:
@@ -63,8 +68,13 @@ class TrainIterator:
       raise ValueError(f"position must be >= 0, got {position}.")
     self._global_batch = global_batch
     self._position = position
-    indices = _global_index_stream(num_examples, seed, position).batch(global_batch)
     first_row = process_index * rows
+    if order == "numpy":
+      self._batches = _numpy_batches(dict(arrays), IndexStream(num_examples, seed, position, "numpy"),
+                                     global_batch, slice(first_row, first_row + rows))
+      return
+    tf = _tensorflow()
+    indices = _global_index_stream(num_examples, seed, position).batch(global_batch)
     tensors = {key: tf.constant(value) for key, value in arrays.items()}
     dataset = indices.map(
         lambda batch: _gather(tensors, batch[first_row:first_row + rows]),
@@ -85,8 +95,26 @@ class TrainIterator:
     return batch
 
 
-def _global_index_stream(num_examples: int, seed: int, position: int) -> tf.data.Dataset:
-  """Example indices of the global stream from `position` on, without replaying earlier data."""
+def _check_order(order: str) -> None:
+  if order not in ORDERS:
+    raise ValueError(f"unknown example order {order!r} (config.data.order); choose one of {ORDERS}")
+
+
+def _tensorflow():
+  """TensorFlow, kept on the CPU; a clear error where it is not installed."""
+  try:
+    import tensorflow as tf
+  except ImportError as e:
+    raise ImportError(f"the tf example order needs TensorFlow, which cannot be imported here ({e}); "
+                      "install it (requirements.txt) or set config.data.order=numpy") from e
+  from mmjax.data import tf_runtime
+  tf_runtime.keep_tf_on_cpu()
+  return tf
+
+
+def _global_index_stream(num_examples: int, seed: int, position: int):
+  """Example indices of the global stream from `position` on, without replaying earlier data (tf)."""
+  tf = _tensorflow()
   start_epoch, skip = divmod(position, num_examples)
 
   def epoch_indices(epoch):
@@ -97,23 +125,31 @@ def _global_index_stream(num_examples: int, seed: int, position: int) -> tf.data
   return tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices)
 
 
-def _epoch_permutation(num_examples: int, seed: int, epoch) -> tf.Tensor:
-  """Epoch `epoch` of the global stream: a permutation of range(num_examples) from (seed, epoch)."""
+def _epoch_permutation(num_examples: int, seed: int, epoch):
+  """Epoch `epoch` of the tf global stream: a permutation of range(num_examples) from (seed, epoch)."""
+  tf = _tensorflow()
   return tf.random.experimental.stateless_shuffle(
       tf.range(num_examples, dtype=tf.int64),
       seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
+def numpy_epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """Epoch `epoch` of the numpy global stream: numpy's Philox keyed by (seed, epoch) permutes
+  range(num_examples) (int64)."""
+  key = np.array([seed % 2**64, epoch % 2**64], dtype=np.uint64)
+  return np.random.Generator(np.random.Philox(key=key)).permutation(num_examples)
 
 
 class IndexStream:
   """The example indices of TrainIterator's global stream, without tf.data or the arrays.
 
   A vmapped sweep gathers each run's batches on the device from these indices; they are the rows
-  TrainIterator(arrays, seed=seed, position=position) would read, in the same order.
+  TrainIterator(arrays, seed=seed, position=position, order=order) would read, in the same order.
   """
 
-  def __init__(self, num_examples: int, seed: int, position: int = 0):
-    tf_runtime.keep_tf_on_cpu()
-    self.num_examples, self.seed, self.position = num_examples, seed, position
+  def __init__(self, num_examples: int, seed: int, position: int = 0, order: str = "tf"):
+    _check_order(order)
+    self.num_examples, self.seed, self.position, self.order = num_examples, seed, position, order
     self._epoch, self._permutation = None, None
 
   def take(self, count: int) -> np.ndarray:
@@ -124,7 +160,9 @@ class IndexStream:
       epoch, offset = divmod(self.position, self.num_examples)
       if epoch != self._epoch:
         self._epoch = epoch
-        self._permutation = _epoch_permutation(self.num_examples, self.seed, epoch).numpy()
+        self._permutation = (
+            numpy_epoch_permutation(self.num_examples, self.seed, epoch) if self.order == "numpy"
+            else _epoch_permutation(self.num_examples, self.seed, epoch).numpy())
       n = min(count - done, self.num_examples - offset)
       out[done:done + n] = self._permutation[offset:offset + n]
       done += n
@@ -132,12 +170,29 @@ class IndexStream:
     return out
 
 
-def _gather(tensors: dict[str, tf.Tensor], indices: tf.Tensor) -> dict[str, tf.Tensor]:
+def _gather(tensors: dict, indices) -> dict:
+  tf = _tensorflow()
   batch = {key: tf.gather(value, indices) for key, value in tensors.items()}
   for key, value in batch.items():
     if value.dtype == tf.uint8:
       batch[key] = tf.cast(value, tf.float32) / 255.0
   batch["label"] = tf.cast(batch["label"], tf.int32)
+  return batch
+
+
+def _numpy_batches(arrays, stream: "IndexStream", global_batch: int, rows: slice):
+  """Endless batches of the numpy order: this process's rows of every global batch."""
+  while True:
+    yield _gather_numpy(arrays, stream.take(global_batch)[rows])
+
+
+def _gather_numpy(arrays: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+  """_gather in numpy: the same rows, uint8 scaled to float32 in [0, 1], int32 labels."""
+  batch = {key: value[indices] for key, value in arrays.items()}
+  for key, value in batch.items():
+    if value.dtype == np.uint8:
+      batch[key] = value.astype(np.float32) / np.float32(255.0)
+  batch["label"] = batch["label"].astype(np.int32)
   return batch
 
 

@@ -119,7 +119,8 @@ class _Standard:
   def _load(self, dataset, split):
     if (dataset, split) not in self._loaded:
       self._loaded[dataset, split] = data_lib.load_split(
-          dataset, split, data_dir=self.config.data.dir, tfds_dir=self.config.data.tfds_dir)
+          dataset, split, data_dir=self.config.data.dir, tfds_dir=self.config.data.tfds_dir,
+          arrays_dir=self.config.data.arrays_dir)
     return self._loaded[dataset, split]
 
   def _stack_stream(self, name, specs):
@@ -155,7 +156,7 @@ class _Standard:
   def start(self, positions):
     """Per-run index streams from the restored data positions ({stream: examples consumed})."""
     self.streams = [{name: IndexStream(self.sizes[name][i], r.config.seed + 7919 * j,
-                                       positions[i].get(name, 0))
+                                       positions[i].get(name, 0), order=r.config.data.order)
                      for j, name in enumerate(self.data)} for i, r in enumerate(self.runs)]
 
   def inputs(self, first_step, count, members):

@@ -66,7 +66,8 @@ def finished_results(workdir: pathlib.Path, steps_total: int):
 
 def load_eval_sets(config):
   return {name: data_lib.load_split(ev.dataset, ev.split, data_dir=config.data.dir,
-                                    tfds_dir=config.data.tfds_dir)
+                                    tfds_dir=config.data.tfds_dir,
+                                    arrays_dir=config.data.arrays_dir)
           for name, ev in config.evals.items()}
 
 
@@ -142,7 +143,8 @@ def train_and_evaluate(config, workdir) -> dict:
   # Input: the method's named training streams. Only arrays are loaded here; the iterators start
   # at the restored positions below.
   stream_arrays = {name: data_lib.load_split(dataset, split, data_dir=config.data.dir,
-                                             tfds_dir=config.data.tfds_dir)
+                                             tfds_dir=config.data.tfds_dir,
+                                             arrays_dir=config.data.arrays_dir)
                    for name, (dataset, split) in method.streams(config).items()}
   eval_sets = load_eval_sets(config)
   first = next(iter(stream_arrays.values()))
@@ -171,7 +173,7 @@ def train_and_evaluate(config, workdir) -> dict:
   iterators = {name: data_lib.TrainIterator(
       arrays, global_batch=config.data.global_batch, seed=config.seed + 7919 * i,
       position=positions.get(name, 0), process_index=jax.process_index(),
-      process_count=jax.process_count()) for i, (name, arrays) in enumerate(stream_arrays.items())}
+      process_count=jax.process_count(), order=config.data.order) for i, (name, arrays) in enumerate(stream_arrays.items())}
 
   loss_fn = method.make_loss(config)
   update = partitioner.compile_update(steps.make_update(
