@@ -66,7 +66,8 @@ TLL_SPEC = dataclasses.replace(
           "[-1, 1], SGD Nesterov momentum 0.9, weight decay 1e-3, lr 0.01 (1 + 0.001 i)^-0.75, "
           "batch 128, 10,000 steps (TLL: 50,000, best epoch on the target test set; here the last "
           "step). Adaptation rows: + 128 unlabelled target images a step, a 2×1024 domain "
-          "classifier with batch norm, λ warmed up over the first 1,000 steps.")
+          "classifier with batch norm, λ = 2 / (1 + exp(-i / 1000)) - 1 at step i (TLL's "
+          "warm-start reversal).")
 
 
 def main(argv):
