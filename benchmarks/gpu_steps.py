@@ -241,8 +241,7 @@ def maml_step(name, task_map, with_torch) -> Step:
   example = jnp.zeros((1, 28, 28, 1))
   params = maml.init_meta_params(cfg, model.init(jax.random.PRNGKey(0), example)["params"])
   tx = optim.make_optimizer(cfg.optim, cfg.train.steps, params=params)
-  state = jax.jit(lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                             opt_state=tx.init(p)),
+  state = jax.jit(lambda p: steps.new_state(p, tx),
                   out_shardings=part.replicated)(params)
   raw = steps.make_meta_update(maml.make_meta_grad(cfg, model), tx)
   update = part.compile_update(raw)

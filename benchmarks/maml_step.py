@@ -46,8 +46,7 @@ def measure(cfg, source, part):
   example = jnp.zeros((1,) + local["support"]["image"].shape[2:])
   params = maml.init_meta_params(cfg, model.init(jax.random.PRNGKey(0), example)["params"])
   tx = optim.make_optimizer(cfg.optim, cfg.train.steps, params=params)
-  state = jax.jit(lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                             opt_state=tx.init(p)),
+  state = jax.jit(lambda p: steps.new_state(p, tx),
                   out_shardings=part.replicated)(params)
   update = part.compile_update(meta_trainer.make_meta_update(maml.make_meta_grad(cfg, model), tx))
   tasks, rng = part.global_batch(local), jax.random.PRNGKey(1)

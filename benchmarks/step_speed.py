@@ -57,8 +57,7 @@ def main(argv):
 
   arrays = data_lib.load_split(FLAGS.dataset, "train")
   params = model.init(jax.random.PRNGKey(0), arrays["image"][:1].astype("float32"))["params"]
-  state = jax.jit(lambda p: steps.TrainState(step=jax.numpy.zeros((), "int32"), params=p,
-                                             opt_state=tx.init(p)),
+  state = jax.jit(lambda p: steps.new_state(p, tx),
                   out_shardings=part.replicated)(params)
   if FLAGS.parallel == "pmap":
     state = part.to_pmap_state(state)

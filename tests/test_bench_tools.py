@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -38,7 +37,7 @@ def _train_step(model, batch):
   inputs = {"image": batch["image"], "question": batch["question"]}
   params = model.init(jax.random.PRNGKey(0), inputs)["params"]
   tx = optax.adam(1e-3)
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state = steps.new_state(params, tx)
 
   def loss(model, params, batch, rng, progress):
     del rng, progress

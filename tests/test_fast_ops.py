@@ -153,7 +153,7 @@ def test_bfloat16_computes_in_bf16_close_to_fp32_and_keeps_params_state_loss_fp3
   flat16, flat32 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (g16, g32))
   assert np.linalg.norm(flat16 - flat32) <= 0.05 * np.linalg.norm(flat32)
   tx = optim.make_optimizer(cfg16.optim, 10)
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state = steps.new_state(params, tx)
   state, metrics = jax.jit(steps.make_update(dann.make_loss(cfg16), model16, tx, 10))(
       state, batch, jax.random.PRNGKey(2))
   floats = [x for x in jax.tree.leaves((state.params, state.opt_state)) if x.dtype.kind == "f"]

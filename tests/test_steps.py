@@ -36,7 +36,7 @@ def test_lenet_shapes_and_parameter_count():
 
 def _init(model, tx):
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
-  return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return steps.new_state(params, tx)
 
 
 def _reference_sgd(model, params, batches, lr, momentum):
@@ -91,7 +91,7 @@ def test_freeze_keeps_matching_params_fixed():
   model, method = LeNet(), methods.get_method("supervised")
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
   tx = optim.make_optimizer(_optim(weight_decay=1e-3), 10, params=params, freeze="^(conv|fc)")
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state = steps.new_state(params, tx)
   update = jax.jit(steps.make_update(method.loss_fn, model, tx, 10))
   new, _ = update(state, {"train": _batch(16)}, jax.random.PRNGKey(0))
   new, _ = update(new, {"train": _batch(16, 1)}, jax.random.PRNGKey(0))

@@ -9,7 +9,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -66,8 +65,7 @@ def _init_state(config, model, partitioner, example):
   maml.check_config(config, meta_params["model"])
   tx = optim.make_optimizer(config.optim, config.train.steps, params=meta_params,
                             freeze=config.freeze)
-  state = jax.jit(lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                             opt_state=tx.init(p)),
+  state = jax.jit(lambda p: steps.new_state(p, tx),
                   out_shardings=partitioner.replicated)(meta_params)
   return state, tx
 

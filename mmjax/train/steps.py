@@ -61,6 +61,13 @@ def with_state(model, model_state):
   return StatefulModel(model, model_state) if model_state else model
 
 
+def new_state(params, tx, model_state=None) -> TrainState:
+  """Step 0 of training: `params`, `tx`'s fresh optimizer state and the model's state (batch norm
+  averages; none by default). Traceable: jit it with out_shardings to place it."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state={} if model_state is None else model_state)
+
+
 def init_state(model, example, tx_fn, partitioner, seed: int, load=None):
   """(TrainState, tx): params (and the model's state, e.g. batch norm averages) made by model.init
   from PRNGKey(seed) directly with the replicated sharding (`load(host params) -> params` replaces
@@ -72,8 +79,7 @@ def init_state(model, example, tx_fn, partitioner, seed: int, load=None):
     params = jax.jit(lambda p: p, out_shardings=partitioner.replicated)(
         load(jax.device_get(params)))
   tx = tx_fn(params)
-  state = jax.jit(lambda p, s: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                          opt_state=tx.init(p), model_state=s),
+  state = jax.jit(lambda p, s: new_state(p, tx, s),
                   out_shardings=partitioner.replicated)(params, model_state)
   return state, tx
 

@@ -146,9 +146,7 @@ class _Standard:
       cfg = with_hparams(config, hp)
       params, model_state = steps.split_variables(
           method.build_model(cfg).init(jax.random.PRNGKey(seed), example, train=False))
-      state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=_make_tx(cfg, params).init(params),
-                               model_state=model_state)
+      state = steps.new_state(params, _make_tx(cfg, params), model_state)
       return {"state": state, "rng": jax.random.PRNGKey(seed + 1)}
 
     return jax.jit(jax.vmap(one))(jnp.asarray(seeds), self.hparams)
@@ -250,8 +248,7 @@ class _Meta:
       cfg = with_hparams(config, hp)
       params = maml.build_model(cfg).init(jax.random.PRNGKey(seed), example, train=False)["params"]
       meta_params = maml.init_meta_params(cfg, params)
-      return {"state": steps.TrainState(step=jnp.zeros((), jnp.int32), params=meta_params,
-                                        opt_state=_make_tx(cfg, meta_params).init(meta_params))}
+      return {"state": steps.new_state(meta_params, _make_tx(cfg, meta_params))}
 
     return jax.jit(jax.vmap(one))(jnp.asarray(seeds), self.hparams)
 
