@@ -16,7 +16,7 @@ from mmjax.losses.contrastive import recall_at_k, symmetric_info_nce, two_way_re
 from mmjax.models.dual_encoder import MAX_LOGIT_SCALE
 from mmjax.models.fusion import FUSIONS, FusionTransformer
 from mmjax.models.tokenizers import CnnTokenizer
-from mmjax.models.vqa_baseline import BatchStatNorm
+from mmjax.models.norms import BatchStatsNorm
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=7)
 
@@ -327,7 +327,7 @@ def test_dual_encoder_embeddings_temperature_and_training():
 
 def test_batch_stat_norm_normalises_each_channel_over_the_batch():
   x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 5, 5, 6)).astype(np.float32)
-  module = BatchStatNorm()
+  module = BatchStatsNorm()
   variables = module.init(jax.random.key(0), jnp.asarray(x))
   y = np.asarray(module.apply(variables, jnp.asarray(x)))
   flat = x.reshape(-1, 6).astype(np.float64)

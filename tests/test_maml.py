@@ -162,7 +162,7 @@ def test_conv4_shapes_and_batch_statistics_norm():
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     out = model.apply({"params": params}, x)
     assert out["features"].shape == (6, features) and out["logits"].shape == (6, 5)
-  norm = models.conv4.BatchStatsNorm()
+  norm = models.norms.BatchStatsNorm(epsilon=models.conv4.MAML_NORM_EPSILON)  # conv4's
   y = norm.apply(norm.init(jax.random.PRNGKey(0), x), x * 3 + 1)
   z = (x * 3 + 1 - (x * 3 + 1).mean((0, 1, 2))) / np.sqrt((x * 3 + 1).var((0, 1, 2)) + 1e-3)
   np.testing.assert_allclose(y, z, rtol=1e-4, atol=1e-4)

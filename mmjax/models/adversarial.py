@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import norms
+
 
 @jax.custom_vjp
 def reverse_gradient(x, coeff):
@@ -37,8 +39,7 @@ def domain_classifier(h, hidden: int, layers: int, dtype, norm: bool = False, tr
   for i in range(layers):
     h = nn.Dense(hidden, dtype=dtype, name=f"domain_fc{i + 1}")(h)
     if norm:
-      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                       name=f"domain_norm{i + 1}")(h)
+      h = norms.batch_norm(train, dtype=dtype, name=f"domain_norm{i + 1}")(h)
     h = nn.relu(h)
   return nn.Dense(1, dtype=dtype, name="domain_head")(h)[:, 0].astype(jnp.float32)
 

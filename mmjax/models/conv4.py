@@ -2,27 +2,11 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.models.norms import BatchStatsNorm
 
-class BatchStatsNorm(nn.Module):
-  """Batch norm that always normalises with the current batch's statistics and keeps no averages.
-
-  This is MAML's batch norm (Finn et al. 2017, §5.2; their code calls tf.contrib batch_norm in
-  training mode at meta-test too): support and query batches are each normalised by themselves.
-  """
-  epsilon: float = 1e-3
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    features = x.shape[-1]
-    axes = tuple(range(x.ndim - 1))
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(axes)
-    var = jnp.mean(jnp.square(x32 - mean), axes)
-    scale = self.param("scale", nn.initializers.ones, (features,))
-    bias = self.param("bias", nn.initializers.zeros, (features,))
-    y = (x32 - mean) * (scale / jnp.sqrt(var + self.epsilon)) + bias
-    return y.astype(self.dtype)
+# MAML's batch norm (Finn et al. 2017, §5.2; their code calls tf.contrib batch_norm in training mode
+# at meta-test too): support and query batches are each normalised by themselves, epsilon 1e-3.
+MAML_NORM_EPSILON = 1e-3
 
 
 class Conv4(nn.Module):
@@ -47,7 +31,7 @@ class Conv4(nn.Module):
     for i in range(4):
       x = nn.Conv(self.width, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
                   name=f"conv{i + 1}")(x)
-      x = nn.relu(BatchStatsNorm(dtype=self.dtype, name=f"norm{i + 1}")(x))
+      x = nn.relu(BatchStatsNorm(epsilon=MAML_NORM_EPSILON, dtype=self.dtype, name=f"norm{i + 1}")(x))
       if self.pool == "max":
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     features = x.reshape(x.shape[0], -1)

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.models import fast_ops as ops
+from mmjax.models import norms
 
 
 class LeNet(nn.Module):
@@ -56,8 +57,7 @@ class LeNet(nn.Module):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     features = nn.Dense(self.features or self.hidden, dtype=self.dtype, name="fc2")(x)
     if self.bottleneck_norm:
-      features = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                              dtype=self.dtype, name="fc2_norm")(features)
+      features = norms.batch_norm(train, dtype=self.dtype, name="fc2_norm")(features)
     features = nn.relu(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
     return {"features": features, "logits": logits.astype(jnp.float32)}

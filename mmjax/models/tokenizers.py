@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.vqa_baseline import BatchStatNorm
+from mmjax.models.norms import BatchStatsNorm
 
 TOKENIZERS = ("patch", "cnn", "cnn16", "tokens", "bow", "vector", "audio", "strokes")
 CNN_LAYERS = {"cnn": 3, "cnn16": 4}  # stride-2 convs of each CNN tokenizer: 2**layers px a token
@@ -108,12 +108,12 @@ CNN_NORMS = ("none", "batch", "layer")
 
 def _cnn_norm(kind, dtype, name):
   """The normalisation after each hidden conv of a CNN tokenizer (CNN_NORMS): `batch` is batch norm
-  with the statistics of the batch it sees (vqa_baseline.BatchStatNorm, as the Relation Network's
+  with the statistics of the batch it sees (norms.BatchStatsNorm, as the Relation Network's
   CNN), `layer` a LayerNorm over each position's channels."""
   if kind == "none":
     return lambda x: x
   if kind == "batch":
-    return BatchStatNorm(dtype=dtype, name=name)
+    return BatchStatsNorm(dtype=dtype, name=name)
   if kind == "layer":
     return nn.LayerNorm(dtype=dtype, name=name)
   raise ValueError(f"unknown cnn_norm {kind!r}; use one of {', '.join(CNN_NORMS)}")

@@ -10,21 +10,7 @@ and keeps no running averages: the trainer carries params only. Evaluate with la
 import flax.linen as nn
 import jax.numpy as jnp
 
-
-class BatchStatNorm(nn.Module):
-  """Batch norm with batch statistics (Ioffe & Szegedy 2015, Alg. 1) over all axes but channels."""
-  epsilon: float = 1e-5
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    axes = tuple(range(x.ndim - 1))
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=axes)
-    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-    y = (x32 - mean) / jnp.sqrt(var + self.epsilon)
-    y = y * self.param("scale", nn.initializers.ones, (x.shape[-1],))
-    return (y + self.param("bias", nn.initializers.zeros, (x.shape[-1],))).astype(self.dtype)
+from mmjax.models.norms import BatchStatsNorm
 
 
 class CnnMlpVqa(nn.Module):
@@ -49,7 +35,7 @@ class CnnMlpVqa(nn.Module):
     x = inputs[self.image_key].astype(self.dtype)
     for i in range(4):
       x = nn.Conv(self.channels, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"conv{i}")(x)
-      x = nn.relu(BatchStatNorm(dtype=self.dtype, name=f"norm{i}")(x))
+      x = nn.relu(BatchStatsNorm(dtype=self.dtype, name=f"norm{i}")(x))
     x = jnp.concatenate([x.reshape(x.shape[0], -1), question.astype(self.dtype)], axis=-1)
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
     features = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc2")(x))
