@@ -48,12 +48,14 @@ def tll_recipe(c):
   """Transfer-Learning-Library's digits recipe (its examples' LeNet scripts, lr 0.01, batch 128):
   its LeNet (conv 20 and 50 channels, fc 500, a 256-wide bottleneck with batch norm, dropout 0.5
   after conv2 and fc1), inputs normalised to [-1, 1], SGD with Nesterov momentum 0.9 and weight
-  decay 1e-3, lr 0.01 (1 + 0.001 i)^-0.75 at step i; 10,000 steps (TLL trains 50,000)."""
+  decay 1e-3, lr 0.01 (1 + 0.001 i)^-0.75 at step i (optim.decay_per_step, so --config.train.steps=50000
+  keeps it); 10,000 steps (TLL trains 50,000)."""
   c.model.update(channels=(20, 50), hidden=500, features=256, dropout=0.5, bottleneck_norm=True,
                  center_inputs=True)
   c.train.steps = 10000
   c.optim.schedule = "dann"  # lr / (1 + alpha p)^0.75 with p = i / steps
-  c.optim.decay_alpha = 0.001 * c.train.steps
+  c.optim.decay_alpha = 0.0
+  c.optim.decay_per_step = 0.001   # lr (1 + 0.001 i)^-0.75 at step i, whatever train.steps
   c.optim.weight_decay = 1e-3
   c.optim.nesterov = True
   c.eval_every = 2000

@@ -49,7 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.adapt = ml_collections.ConfigDict()  # domain adaptation (method dann)
   c.adapt.gamma = 10.0             # reversal strength lambda_p =
-  c.adapt.lambda_max = 1.0         #   lambda_max * (2 / (1 + exp(-gamma p)) - 1), p = progress
+  c.adapt.lambda_max = 1.0         #   lambda_max * (2 / (1 + exp(-gamma p)) - 1), p = progress, with
+  c.adapt.gamma_per_step = 0.0     #   gamma + gamma_per_step * train.steps in place of gamma (so with
+                                   #   gamma 0: 2 / (1 + exp(-gamma_per_step i)) - 1 at step i)
   c.adapt.domain_hidden = 1024     # domain classifier: domain_layers x domain_hidden, ReLU
   c.adapt.domain_layers = 2
   c.adapt.domain_norm = False      # batch norm before each domain-classifier ReLU (running averages)
@@ -100,7 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.schedule = "constant"    # constant | cosine | warmup_cosine | dann
   c.optim.warmup_steps = 0
-  c.optim.decay_alpha = 10.0       # "dann": lr / (1 + alpha p)^beta
+  c.optim.decay_alpha = 10.0       # "dann": lr / (1 + alpha p)^beta, p = step / train.steps, with
+  c.optim.decay_per_step = 0.0     #   alpha = decay_alpha + decay_per_step * train.steps (so with
+                                   #   decay_alpha 0: lr (1 + decay_per_step i)^-beta at step i,
+                                   #   Caffe's "inv" policy, whatever train.steps is)
   c.optim.decay_beta = 0.75
   c.optim.grad_clip_norm = 0.0     # 0 disables clipping
 
@@ -223,11 +228,25 @@ def write_json(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
 
 
 def from_workdir(workdir) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to `workdir/config.json` (lists stand for tuples)."""
+  """The resolved config a run wrote to `workdir/config.json` (lists stand for tuples).
+
+  Keys the engine gained after the run was written take their defaults, which keep the old
+  behaviour (e.g. data.order "tf", adapt.gamma_per_step 0), so older runs still load for analysis.
+  """
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: {workdir} is not an mmjax run's workdir")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(_fill_missing(json.loads(path.read_text()),
+                                                 base_config().to_dict()))
+
+
+def _fill_missing(loaded: dict, defaults: dict) -> dict:
+  for key, value in defaults.items():
+    if key not in loaded:
+      loaded[key] = value
+    elif isinstance(value, dict) and isinstance(loaded[key], dict):
+      _fill_missing(loaded[key], value)
+  return loaded
 
 
 # Sweep mode (mmjax/train/sweep.py): fields that may differ between the runs of one sweep, besides

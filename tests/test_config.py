@@ -106,3 +106,19 @@ def test_launch_detects_slurm_and_tpu_pods(env, expected):
 def test_launch_scripts_parse_and_pass_the_config_to_launch_py(script):
   subprocess.run(["bash", "-n", str(REPO / script)], check=True)
   assert "launch.py --config=" in (REPO / script).read_text()
+
+
+def test_a_run_written_before_newer_keys_loads_with_their_defaults(tmp_path):
+  """config.json of an older run (before data.order, data.arrays_dir, adapt.gamma_per_step,
+  optim.decay_per_step existed) reads back with those keys at the defaults that keep its behaviour."""
+  cfg = config_lib.load(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"))
+  old = cfg.to_dict()
+  for group, key in (("data", "order"), ("data", "arrays_dir"), ("adapt", "gamma_per_step"),
+                     ("optim", "decay_per_step")):
+    del old[group][key]
+  old["optim"]["lr"] = 0.123  # the run's own values win over the defaults
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  back = config_lib.from_workdir(tmp_path)
+  assert (back.data.order, back.data.arrays_dir, back.adapt.gamma_per_step,
+          back.optim.decay_per_step) == ("tf", None, 0.0, 0.0)
+  assert back.optim.lr == 0.123 and back.data.target == "usps" and back.to_dict().keys() == cfg.to_dict().keys()

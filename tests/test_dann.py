@@ -101,7 +101,8 @@ def test_dann_digits_run_preempted_and_resumed_matches_straight_run(tmp_path):
   from mmjax.train import checkpoint
   spec = "configs/digits_adapt.py:dann/usps_mnist/tll"
   overrides = {"train.steps": "40", "train.log_every": "5", "checkpoint.every": "10",
-               "data.global_batch": "32", "eval_batch": "1024"}
+               "data.global_batch": "32", "eval_batch": "1024",
+               "adapt.gamma_per_step": "0.25"}  # TLL's warm-up shape, over 40 steps instead of 10,000
   cfg = _small(spec, **overrides)
   assert cfg.model.bottleneck_norm and cfg.adapt.domain_norm
   straight = train.train_and_evaluate(cfg, tmp_path / "a")
@@ -123,7 +124,7 @@ def test_dann_digits_run_preempted_and_resumed_matches_straight_run(tmp_path):
   assert resumed["eval"] == straight["eval"]
   final = straight["final_train"]
   assert {"train/domain_loss", "train/class_loss", "train/lambda"} <= set(final)
-  gamma = cfg.adapt.gamma  # 10: TLL's warm-start schedule over 10,000 steps, here over 40
+  gamma = cfg.adapt.gamma + cfg.adapt.gamma_per_step * cfg.train.steps  # 0 + 0.25 * 40 = 10
   np.testing.assert_allclose(final["train/lambda"], np.mean(
       [2 / (1 + np.exp(-gamma * s / 40)) - 1 for s in range(35, 40)]), rtol=1e-6)
   _, model_state, step = checkpoint.read_variables(str(tmp_path / "b"))
@@ -145,15 +146,21 @@ def test_tll_baselines_share_the_adaptation_rows_recipe():
       assert cfg.model.to_dict() == adapt.model.to_dict() and cfg.optim.to_dict() == adapt.optim.to_dict()
       assert cfg.train.steps == adapt.train.steps == 10000 and cfg.method == "supervised"
     assert oracle.data.train == adapt.data.target != base.data.train
-    # lr 0.01 (1 + 0.001 i)^-0.75 (TLL's scheduler) at step i, through the engine's "dann" schedule.
-    sched = optim.schedule(adapt.optim, adapt.train.steps)
-    for i in (0, 1000, 9999):
-      np.testing.assert_allclose(sched(i), 0.01 * (1 + 0.001 * i) ** -0.75, rtol=1e-6)
-    # lambda on TLL's WarmStartGradientReverseLayer(alpha=1, lo=0, hi=1, max_iters=1000), which its
-    # DomainAdversarialLoss builds: 2 / (1 + exp(-i / 1000)) - 1 at step i.
-    for i in (0, 300, 1000, 5000):
-      np.testing.assert_allclose(methods.get_method("dann").reversal_strength(
-          i / adapt.train.steps, adapt.adapt.gamma), 2 / (1 + np.exp(-i / 1000)) - 1, rtol=1e-6)
+    # Both schedules are TLL's per step, also when the run is longer (TLL trains 50,000 steps).
+    longer = config_lib.load_with_overrides(
+        str(REPO / f"configs/digits_adapt.py:dann/{pair}/tll"), {"train.steps": "50000"})
+    for cfg in (adapt, longer):
+      # lr 0.01 (1 + 0.001 i)^-0.75 (TLL's scheduler) at step i, through the engine's "dann" schedule.
+      sched = optim.schedule(cfg.optim, cfg.train.steps)
+      for i in (0, 1000, 9999, 40000):
+        np.testing.assert_allclose(sched(i), 0.01 * (1 + 0.001 * i) ** -0.75, rtol=1e-6)
+      # lambda on TLL's WarmStartGradientReverseLayer(alpha=1, lo=0, hi=1, max_iters=1000), which
+      # its DomainAdversarialLoss builds: 2 / (1 + exp(-i / 1000)) - 1 at step i. The loss reads it
+      # from the logged train/lambda; here its formula with the config's effective gamma.
+      gamma = cfg.adapt.gamma + cfg.adapt.gamma_per_step * cfg.train.steps
+      for i in (0, 300, 1000, 5000):
+        np.testing.assert_allclose(methods.get_method("dann").reversal_strength(
+            i / cfg.train.steps, gamma), 2 / (1 + np.exp(-i / 1000)) - 1, rtol=1e-6)
   with pytest.raises(ValueError, match="unknown digits arg"):
     config_lib.load(str(REPO / "configs/digits.py:mnist_usps/ttl"))
 

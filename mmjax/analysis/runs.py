@@ -3,13 +3,11 @@
 Used by the analysis command and by reverse validation (mmjax.selection), which pseudo-labels the
 target with a trained model.
 """
-import json
-import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 
+from mmjax import config as config_lib
 from mmjax import data as data_lib
 from mmjax import methods
 from mmjax.methods.inputs import model_inputs
@@ -19,10 +17,7 @@ from mmjax.train import checkpoint, steps
 def load_run(workdir):
   """(config, model, params) of the run in `workdir`, params from its latest checkpoint; a model
   with state (batch norm averages) comes with that state filled in."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{workdir} has no config.json: it is not an mmjax run's workdir")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = config_lib.from_workdir(workdir)
   model = methods.get_method(config.method).build_model(config)
   params, model_state, _ = checkpoint.read_variables(str(workdir))
   return config, steps.with_state(model, model_state), params

@@ -43,7 +43,8 @@ def make_loss(config):
 def make_adversarial_loss(config, domain_weights=None):
   """Source cross-entropy + domain loss behind the reversal; CDAN reuses it with its model and,
   for CDAN+E, per-example domain weights `domain_weights(logits, num_source)` summing to 1."""
-  gamma, key = config.adapt.gamma, config.data.input_key
+  gamma = config.adapt.gamma + config.adapt.gamma_per_step * config.train.steps
+  key = config.data.input_key
   lambda_max = config.adapt.lambda_max
 
   def loss_fn(model, params, batch, rng, progress):
