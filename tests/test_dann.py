@@ -36,7 +36,7 @@ def test_reversal_strength_and_learning_rate_follow_the_paper():
   for p in (0.0, 0.1, 0.5, 1.0):
     np.testing.assert_allclose(dann.reversal_strength(p), 2 / (1 + np.exp(-10 * p)) - 1, rtol=1e-6)
   opt = ml_collections.ConfigDict(dict(lr=0.01, schedule="dann", decay_alpha=10.0,
-                                       decay_beta=0.75, warmup_steps=0))
+                                       decay_per_step=0.0, decay_beta=0.75, warmup_steps=0))
   sched = optim.schedule(opt, 1000)
   for step in (0, 250, 1000):
     np.testing.assert_allclose(sched(step), 0.01 / (1 + 10 * step / 1000) ** 0.75, rtol=1e-6)

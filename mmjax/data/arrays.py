@@ -51,6 +51,13 @@ def holdout_indices(num_examples: int, fraction: float = VAL_FRACTION) -> tuple[
   return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
+def cut_holdout(train: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray]:
+  """The "train_fit" or "train_val" part (`split`) of a dataset's "train" arrays."""
+  fit, val = holdout_indices(len(train["label"]))
+  keep = fit if split == "train_fit" else val
+  return {key: value[keep] for key, value in train.items()}
+
+
 def load_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
   """The arrays of a .npz file with a 'label' array (int32); a clear error if it is missing or bad."""
   if not os.path.isfile(path):
@@ -88,10 +95,7 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     return load_npz(name[len(NPZ_PREFIX):], f"dataset {name}")
   root = resolve_arrays_dir(arrays_dir)
   if split in HOLDOUT_SPLITS and root is not None and array_path(root, name, "train").exists():
-    arrays = load_split(name, "train", arrays_dir=root)
-    fit, val = holdout_indices(len(arrays["label"]))
-    keep = fit if split == "train_fit" else val
-    return {key: value[keep] for key, value in arrays.items()}
+    return cut_holdout(load_split(name, "train", arrays_dir=root), split)
   if root is not None and array_path(root, name, split).exists():
     return load_npz(array_path(root, name, split), f"exported arrays of {name}/{split}")
   try:

@@ -29,7 +29,7 @@ from mmjax.data import paths
 from mmjax.data import sort_of_clevr
 from mmjax.data import tf_runtime
 from mmjax.data import usps
-from mmjax.data.arrays import NPZ_PREFIX, SPLITS, VAL_FRACTION, holdout_indices  # noqa: F401
+from mmjax.data.arrays import NPZ_PREFIX, SPLITS
 
 IMAGE_SIZE = 28
 
@@ -128,7 +128,7 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   {"features": float32 [N, D], "label": int32 [N]} for the feature-vector ones: amazon_* the term
   counts (D = 5000, label 1 positive), office_* the GFK-normalised SURF histograms (D = 800), whose
   "train" and "test" are both the whole domain. "train_fit" and "train_val" are the two parts of
-  any dataset's "train" (see `holdout_indices`); "npz:<path>" names the arrays of a .npz file.
+  any dataset's "train" (see `arrays.holdout_indices`); "npz:<path>" names the arrays of a .npz file.
   The multimodal ones (their modules say more):
   sort_of_clevr, splits "train" and "validation", one example per image: "image" uint8
     [N, 75, 75, 3], "question" float32 [N, 20, 11], "label" int32 [N, 20] (sort_of_clevr.ANSWERS
@@ -141,11 +141,9 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   if name.startswith(NPZ_PREFIX):
     return arrays_lib.load_npz(name[len(NPZ_PREFIX):], f"dataset {name}")
   spec = _spec(name)
-  if split in ("train_fit", "train_val") and "train" in spec.splits:
-    arrays = load_split(name, "train", data_dir=data_dir, tfds_dir=tfds_dir)
-    fit, val = holdout_indices(len(arrays["label"]))
-    keep = fit if split == "train_fit" else val
-    return {key: value[keep] for key, value in arrays.items()}
+  if split in arrays_lib.HOLDOUT_SPLITS and "train" in spec.splits:
+    return arrays_lib.cut_holdout(load_split(name, "train", data_dir=data_dir, tfds_dir=tfds_dir),
+                                  split)
   if split not in spec.splits:
     raise ValueError(f"Unknown split {split!r} of dataset {name!r}; valid splits are {list(spec.splits)}.")
   builder = get_builder(name, data_dir=data_dir, tfds_dir=tfds_dir)

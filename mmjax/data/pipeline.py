@@ -187,8 +187,12 @@ def _numpy_batches(arrays, stream: "IndexStream", global_batch: int, rows: slice
 
 
 def _gather_numpy(arrays: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
-  """_gather in numpy: the same rows, uint8 scaled to float32 in [0, 1], int32 labels."""
-  batch = {key: value[indices] for key, value in arrays.items()}
+  """_gather in numpy: the same rows, converted as _gather converts them."""
+  return _convert_numpy({key: value[indices] for key, value in arrays.items()})
+
+
+def _convert_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """In place: uint8 arrays scaled to float32 in [0, 1], labels int32 (what _gather does in tf)."""
   for key, value in batch.items():
     if value.dtype == np.uint8:
       batch[key] = value.astype(np.float32) / np.float32(255.0)
@@ -217,10 +221,8 @@ def eval_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, process
     indices = np.arange(rows) + batch_start + process_index * rows
     real = indices < num_examples
     batch = {key: value[np.where(real, indices, 0)] for key, value in arrays.items()}
-    for key, value in batch.items():
+    for value in batch.values():
       value[~real] = 0
-      if value.dtype == np.uint8:
-        batch[key] = value.astype(np.float32) / 255.0
-    batch["label"] = batch["label"].astype(np.int32)
+    batch = _convert_numpy(batch)
     batch["mask"] = real.astype(np.float32)
     yield batch

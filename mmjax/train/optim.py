@@ -25,7 +25,7 @@ def schedule(optim, steps: int):
     return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, steps)
   if optim.schedule == "dann":
     # mu_p = mu_0 / (1 + alpha p)^beta, p = step / steps (Ganin et al. 2016, §5.2.2)
-    alpha = optim.decay_alpha + optim.get("decay_per_step", 0.0) * steps
+    alpha = optim.decay_alpha + optim.decay_per_step * steps
     return lambda step: optim.lr / (1.0 + alpha * step / steps) ** optim.decay_beta
   raise ValueError(f"unknown optim.schedule {optim.schedule!r}; "
                    "use constant, cosine, warmup_cosine or dann")

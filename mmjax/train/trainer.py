@@ -173,7 +173,8 @@ def train_and_evaluate(config, workdir) -> dict:
   iterators = {name: data_lib.TrainIterator(
       arrays, global_batch=config.data.global_batch, seed=config.seed + 7919 * i,
       position=positions.get(name, 0), process_index=jax.process_index(),
-      process_count=jax.process_count(), order=config.data.order) for i, (name, arrays) in enumerate(stream_arrays.items())}
+      process_count=jax.process_count(), order=config.data.order)
+      for i, (name, arrays) in enumerate(stream_arrays.items())}
 
   loss_fn = method.make_loss(config)
   update = partitioner.compile_update(steps.make_update(
