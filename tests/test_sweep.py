@@ -97,6 +97,33 @@ def test_preempted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
   assert sweep.train_runs(runs)[0]["wall_time_s"] == resumed[0]["wall_time_s"]  # finished: kept
 
 
+class _PreemptAtCheckpoint(trainer.Preemption):
+  """SIGTERM agreed on at step 10, which is also a checkpoint step (checkpoint.every=10)."""
+
+  def agreed(self, step, every):
+    return step == 10
+
+
+@pytest.mark.parametrize("kind", ["trainer", "meta_trainer"])
+def test_sigterm_on_a_checkpoint_step_saves_it_once_and_resumes(tmp_path, monkeypatch, kind):
+  """A SIGTERM seen at a step that was just checkpointed saved that step a second time, which orbax
+  refuses (StepAlreadyExistsError): the run crashed instead of exiting cleanly. Now it saves once."""
+  if kind == "trainer":
+    config, module = _amazon("nn", "books_dvd", 0), trainer
+  else:
+    config = config_lib.load_with_overrides(str(REPO / "configs/sinusoid.py:maml_cpu"), {
+        "train.steps": "30", "train.log_every": "10", "checkpoint.every": "10",
+        "meta.test_tasks": "20", "meta.meta_batch": "8"})
+    module = meta_trainer
+  monkeypatch.setattr(trainer, "Preemption", _PreemptAtCheckpoint)
+  assert module.train_and_evaluate(config, tmp_path / "stopped") == {"preempted": True, "step": 10}
+  assert checkpoint.Checkpointer(tmp_path / "stopped", 3).manager.all_steps() == [10]
+  monkeypatch.undo()
+  resumed = module.train_and_evaluate(config, tmp_path / "stopped")
+  straight = module.train_and_evaluate(config, tmp_path / "straight")
+  assert resumed["eval"] == straight["eval"]
+
+
 def test_sweep_key_and_bad_sweeps(tmp_path):
   base = _amazon("dann", "books_dvd", 0)
   same = [_amazon("dann", "kitchen_dvd", 4, **{"optim.lr": "0.2"}), base]

@@ -166,12 +166,12 @@ def train_and_evaluate(config, workdir) -> dict:
         totals = new_totals()
       if config.eval_every and step % config.eval_every == 0 and not last:
         test_scalars(step)
-      if step % config.checkpoint.every == 0 or last:
+      # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
+      stop = preemption.agreed(step, config.train.log_every) and not last
+      if step % config.checkpoint.every == 0 or last or stop:
         check_finite(step)
         save(step)
-      if preemption.agreed(step, config.train.log_every) and not last:
-        check_finite(step)
-        save(step)
+      if stop:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
         return {"preempted": True, "step": step}

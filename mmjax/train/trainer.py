@@ -237,12 +237,12 @@ def train_and_evaluate(config, workdir) -> dict:
         ev = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
                       model_state=current.model_state)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
-      if step % config.checkpoint.every == 0 or last:
+      # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
+      stop = preemption.agreed(step, config.train.log_every) and not last
+      if step % config.checkpoint.every == 0 or last or stop:
         check_finite(step)
         save(step)
-      if preemption.agreed(step, config.train.log_every) and not last:
-        check_finite(step)
-        save(step)
+      if stop:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
         return {"preempted": True, "step": step}
