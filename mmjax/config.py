@@ -10,6 +10,7 @@ import json
 import pathlib
 
 import ml_collections
+from absl import logging
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 500         # steps; the last step is always saved
   c.checkpoint.keep = 3
+
+  c.resume_check = "error"         # a workdir holding checkpoints or results of a different config:
+                                   #   "error" stops, "warn" logs the differing fields and goes on
+                                   #   (e.g. runs written before a config's recipe was refactored)
 
   c.init_from = ml_collections.ConfigDict()
   c.init_from.workdir = ""         # another run's workdir; "" disables
@@ -247,6 +252,72 @@ def _fill_missing(loaded: dict, defaults: dict) -> dict:
     elif isinstance(value, dict) and isinstance(loaded[key], dict):
       _fill_missing(loaded[key], value)
   return loaded
+
+
+# Fields a run may change between its starts in one workdir: where files live, how often it logs,
+# evaluates and saves, what it evaluates, and how it is laid out on devices (jit or pmap, alone or
+# in a sweep). Any other change makes it a different run, which must not resume this one's
+# checkpoint or take its results.
+RESUME_FREE_FIELDS = ("data.dir", "data.tfds_dir", "data.arrays_dir", "eval_every", "eval_batch",
+                      "evals", "train.log_every", "train.sweep_axis", "parallel", "checkpoint",
+                      "meta.test_tasks", "meta.test_inner_steps", "resume_check")
+
+
+class ConfigMismatchError(ConfigError):
+  """A workdir holds a run (checkpoints or results) of a different config than the one given."""
+
+
+def run_differences(stored: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> dict:
+  """{field path: (stored value, new value)} for the fields outside RESUME_FREE_FIELDS that differ.
+
+  Fields only one side has are compared with their base_config default (a run written before a
+  key existed behaved as its default).
+  """
+  free = lambda path: any(path == f or path.startswith(f + ".") for f in RESUME_FREE_FIELDS)
+  old, new = flat_fields(stored), flat_fields(cfg)
+  defaults = flat_fields(base_config())
+  missing = object()
+  out = {}
+  for path in sorted(set(old) | set(new)):
+    if free(path):
+      continue
+    a, b = old.get(path, defaults.get(path, missing)), new.get(path, defaults.get(path, missing))
+    if a != b:
+      out[path] = (None if a is missing else a, None if b is missing else b)
+  return out
+
+
+def check_same_run(cfg: ml_collections.ConfigDict, workdir) -> None:
+  """Raises ConfigMismatchError when `workdir` already holds a checkpoint or results of a run
+  whose config.json differs from `cfg` outside RESUME_FREE_FIELDS; a workdir without either (a run
+  that stopped before its first save) may be reused freely."""
+  workdir = pathlib.Path(workdir)
+  checkpoints = workdir / "checkpoints"
+  started = (workdir / "results.json").exists() or (
+      checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+  if not started or not (workdir / "config.json").exists():
+    return
+  try:
+    stored = from_workdir(workdir)
+  except (json.JSONDecodeError, ValueError) as e:
+    raise ConfigMismatchError(
+        f"{workdir / 'config.json'} is unreadable ({e}), so this workdir's checkpoints cannot be "
+        "matched to a config: use a new --workdir, or delete this one to start over") from e
+  if cfg.resume_check not in ("error", "warn"):
+    raise ConfigError(f"resume_check={cfg.resume_check!r}: expected 'error' or 'warn'")
+  diffs = run_differences(stored, cfg)
+  if diffs and cfg.resume_check == "warn":
+    logging.warning("%s holds a run of a different config; going on as resume_check='warn' asks: %s",
+                    workdir, "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diffs.items()))
+  elif diffs:
+    listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in list(diffs.items())[:8])
+    more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+    raise ConfigMismatchError(
+        f"{workdir} holds a run of a different config ({listed}{more}). Resuming it would mix "
+        "two runs and reusing its results would mislabel them: use a new --workdir, or delete "
+        "this one to start over (or set resume_check='warn' to go on anyway). Fields that may "
+        "change between starts: "
+        f"{', '.join(RESUME_FREE_FIELDS)}.")
 
 
 # Sweep mode (mmjax/train/sweep.py): fields that may differ between the runs of one sweep, besides

@@ -68,12 +68,27 @@ def cell_dir(root: pathlib.Path, cell: Cell) -> pathlib.Path:
   return pathlib.Path(root) / cell.key
 
 
+_MISMATCHED = set()  # cells whose mismatch was already logged
+
+
 def is_finished(root: pathlib.Path, cell: Cell) -> bool:
+  """Whether the cell's workdir holds finished results of the cell's own config: results written
+  under another config (a changed --set, config file or default) are not this cell's, so they are
+  neither shown in tables nor kept in place of a run (which then stops with the differences)."""
   path = cell_dir(root, cell) / "results.json"
   try:
-    return "eval" in json.loads(path.read_text())
+    if "eval" not in json.loads(path.read_text()):
+      return False
   except (FileNotFoundError, json.JSONDecodeError):
     return False
+  try:
+    config_lib.check_same_run(cell_config(cell), cell_dir(root, cell))
+  except config_lib.ConfigMismatchError as e:
+    if cell.key not in _MISMATCHED:
+      _MISMATCHED.add(cell.key)
+      logging.warning("cell %s does not count as finished: %s", cell.key, e)
+    return False
+  return True
 
 
 def cell_config(cell: Cell):

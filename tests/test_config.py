@@ -122,3 +122,42 @@ def test_a_run_written_before_newer_keys_loads_with_their_defaults(tmp_path):
   assert (back.data.order, back.data.arrays_dir, back.adapt.gamma_per_step,
           back.optim.decay_per_step) == ("tf", None, 0.0, 0.0)
   assert back.optim.lr == 0.123 and back.data.target == "usps" and back.to_dict().keys() == cfg.to_dict().keys()
+
+
+def test_a_workdir_with_another_configs_run_is_refused_and_free_fields_may_change(tmp_path):
+  """check_same_run compares the stored config.json with the new config field by field."""
+  cfg = config_lib.load(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"))
+  config_lib.write_json(cfg, tmp_path / "config.json")
+  config_lib.check_same_run(config_lib.load_with_overrides(  # nothing saved yet: free to reuse
+      str(REPO / "configs/digits_adapt.py:dann/mnist_usps"), {"optim.lr": "0.5"}), tmp_path)
+  (tmp_path / "checkpoints" / "500").mkdir(parents=True)
+  config_lib.check_same_run(cfg, tmp_path)
+  free = {"train.log_every": "7", "checkpoint.every": "9", "eval_every": "11", "parallel": "pmap",
+          "data.arrays_dir": "/elsewhere", "train.sweep_axis": "vmap"}
+  config_lib.check_same_run(config_lib.load_with_overrides(
+      str(REPO / "configs/digits_adapt.py:dann/mnist_usps"), free), tmp_path)
+  changed = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
+                                           {"optim.lr": "0.5", "train.steps": "77"})
+  with pytest.raises(config_lib.ConfigMismatchError) as e:
+    config_lib.check_same_run(changed, tmp_path)
+  assert "optim.lr: 0.01 there, 0.5 now" in str(e.value)
+  assert "train.steps: 3000 there, 77 now" in str(e.value)
+  assert config_lib.run_differences(cfg, changed) == {"optim.lr": (0.01, 0.5),
+                                                      "train.steps": (3000, 77)}
+  changed.resume_check = "warn"  # logs the differences and goes on
+  config_lib.check_same_run(changed, tmp_path)
+  changed.resume_check = "never"
+  with pytest.raises(config_lib.ConfigError, match="resume_check"):
+    config_lib.check_same_run(changed, tmp_path)
+  # A run written before a key existed ran with that key's default: no difference for it...
+  old = json.loads((tmp_path / "config.json").read_text())
+  del old["adapt"]["gamma_per_step"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  config_lib.check_same_run(cfg, tmp_path)
+  # ...but a new value for it is one.
+  cfg.adapt.gamma_per_step = 0.001
+  with pytest.raises(config_lib.ConfigMismatchError, match="gamma_per_step: 0.0 there, 0.001 now"):
+    config_lib.check_same_run(cfg, tmp_path)
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(config_lib.ConfigMismatchError, match="unreadable"):
+    config_lib.check_same_run(cfg, tmp_path)

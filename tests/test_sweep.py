@@ -1,4 +1,5 @@
 """Sweep mode: runs trained together as one vmapped program equal the same runs trained alone."""
+import dataclasses
 import json
 
 import jax
@@ -187,3 +188,26 @@ def test_runner_sweeps_compatible_cells_and_runs_the_rest_alone(tmp_path):
              for c in cells]
   assert [r.get("sweep", {}).get("runs") for r in results] == [2, 2, None]
   assert len(list((tmp_path / "sweeps").glob("*.json"))) == 1
+
+
+def test_a_changed_config_neither_resumes_nor_reuses_another_runs_workdir(tmp_path):
+  """The engine refuses a workdir whose checkpoints or results came from a different config, and a
+  table counts a cell finished only when its workdir's run has the cell's config."""
+  cell = experiments.Cell(row="NN", column="B→D", seed=0, config="configs/amazon.py:nn/books_dvd",
+                          overrides=(("train.steps", "30"), ("train.log_every", "10"),
+                                     ("checkpoint.every", "10"), ("eval_batch", "1024")))
+  workdir = experiments.cell_dir(tmp_path, cell)
+  first = trainer.train_and_evaluate(experiments.cell_config(cell), workdir)
+  assert experiments.is_finished(tmp_path, cell)
+  relogged = dataclasses.replace(cell, overrides=cell.overrides + (("train.log_every", "5"),))
+  assert trainer.train_and_evaluate(experiments.cell_config(relogged), workdir) == first
+  assert experiments.is_finished(tmp_path, relogged)
+  other = dataclasses.replace(cell, overrides=cell.overrides + (("optim.lr", "0.123"),))
+  assert not experiments.is_finished(tmp_path, other)
+  for train in (trainer.train_and_evaluate, lambda c, w: sweep.train_runs([sweep.Run(c, w)])):
+    with pytest.raises(config_lib.ConfigMismatchError, match="optim.lr"):
+      train(experiments.cell_config(other), workdir)
+  (workdir / "results.json").unlink()  # interrupted after its last checkpoint: resume refused too
+  with pytest.raises(config_lib.ConfigMismatchError, match="optim.lr"):
+    trainer.train_and_evaluate(experiments.cell_config(other), workdir)
+  assert trainer.train_and_evaluate(experiments.cell_config(cell), workdir)["eval"] == first["eval"]
