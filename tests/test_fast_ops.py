@@ -81,6 +81,25 @@ def test_conv_hands_other_kinds_to_xla():
       lax.conv_general_dilated(x, w, (2, 2), "SAME", **kwargs))
 
 
+@pytest.mark.parametrize("shape,kernel", [((2, 16, 16, 3), (4, 4)), ((2, 17, 14, 2), (5, 3))])
+def test_patch_conv_matches_xla_strided_conv_values_and_gradients(shape, kernel):
+  """A stride-equals-kernel VALID conv (patch embedding) runs as one matmul, with XLA's values and
+  gradients; pixels past the last whole patch are dropped as VALID does (17 rows, 5-row patches)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), kernel + (shape[3], 6))
+  fast = lambda a, b: fast_ops.conv_general_dilated(a, b, kernel, "VALID", dimension_numbers=NHWC)
+  plain = lambda a, b: lax.conv_general_dilated(a, b, kernel, "VALID", dimension_numbers=NHWC)
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(fast)(x, w))
+  np.testing.assert_allclose(fast(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+  loss = lambda f: jax.grad(lambda a, b: jnp.sum(jnp.sin(f(a, b))), argnums=(0, 1))(x, w)
+  _close_trees(loss(fast), loss(plain), rtol=1e-4, atol=1e-4)  # sums of ~50 terms of size ~5
+  # Padded or overlapping strided convs stay XLA's.
+  for stride, padding in ((kernel, "SAME"), ((1, 1), "VALID"), ((2, 2), "VALID")):
+    jaxpr = str(jax.make_jaxpr(lambda a, b: fast_ops.conv_general_dilated(
+        a, b, stride, padding, dimension_numbers=NHWC))(x, w))
+    assert "conv_general_dilated" in jaxpr
+
+
 def test_fast_lenet_has_the_plain_params_outputs_and_gradients():
   x = jax.random.uniform(jax.random.PRNGKey(0), (6, 28, 28, 1))
   fast, plain = LeNet(), LeNet(fast_ops=False)

@@ -94,12 +94,50 @@ def _is_plain_2d(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
 
 
+def patch_conv(x, kernel, precision=None):
+  """A VALID conv whose stride equals its kernel size (ViT's patch embedding), NHWC x HWIO, as
+  patches times the kernel: one [patches, p * q * c] x [p * q * c, features] matmul. XLA:CPU ran
+  the strided conv and its gradient ~10x slower than this matmul (benchmarks/README.md)."""
+  n, h, w, c = x.shape
+  p, q, _, features = kernel.shape
+  oh, ow = h // p, w // q
+  if not (oh and ow):
+    raise ValueError(f"patch conv: kernel {p}x{q} is larger than the input's {h}x{w} pixels")
+  patches = x[:, :oh * p, :ow * q].reshape(n, oh, p, ow, q, c).transpose(0, 1, 3, 2, 4, 5)
+  y = jnp.dot(patches.reshape(n * oh * ow, p * q * c), kernel.reshape(p * q * c, features),
+              precision=precision)
+  return y.reshape(n, oh, ow, features)
+
+
+def _is_patch_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count) -> bool:
+  """Whether a conv is an unpadded NHWC x HWIO one with stride equal to its kernel size."""
+  if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
+    return False
+  ones = (None, (1, 1), [1, 1])
+  if tuple(window_strides) != tuple(rhs.shape[:2]) or lhs_dilation not in ones or (
+      rhs_dilation not in ones):
+    return False
+  if isinstance(padding, str):
+    if padding != "VALID":
+      return False
+  elif any(lo or hi for lo, hi in padding):
+    return False
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated` (the signature nn.Conv's `conv_general_dilated` hook calls) that
   runs stride-1 2-D NHWC convs of at most MATMUL_GRAD_MAX_CHANNELS input channels as
-  `conv_valid` after explicit padding; every other conv is lax's."""
+  `conv_valid` after explicit padding, and unpadded convs with stride equal to their kernel size
+  (patch embeddings) as `patch_conv`; every other conv is lax's."""
+  if preferred_element_type is None and _is_patch_conv(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count):
+    return patch_conv(lhs, rhs, precision)
   if (preferred_element_type is not None or lhs.ndim != 4
       or lhs.shape[3] > MATMUL_GRAD_MAX_CHANNELS or not _is_plain_2d(
           lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.models import fast_ops
 from mmjax.models.norms import BatchStatsNorm
 
 TOKENIZERS = ("patch", "cnn", "cnn16", "tokens", "bow", "vector", "audio", "strokes")
@@ -100,7 +101,8 @@ class PatchTokenizer(nn.Module):
     p = self.patch_size
     image = _pad_to_multiple(_as_image(image).astype(self.dtype), (p, p))
     return _grid_tokens(nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
-                                dtype=self.dtype, name="embedding")(image))
+                                dtype=self.dtype, name="embedding",
+                                conv_general_dilated=fast_ops.conv_general_dilated)(image))
 
 
 CNN_NORMS = ("none", "batch", "layer")
