@@ -255,12 +255,13 @@ def _fill_missing(loaded: dict, defaults: dict) -> dict:
 
 
 # Fields a run may change between its starts in one workdir: where files live, how often it logs,
-# evaluates and saves, what it evaluates, and how it is laid out on devices (jit or pmap, alone or
-# in a sweep). Any other change makes it a different run, which must not resume this one's
+# evaluates and saves, what it evaluates, how it is laid out on devices (jit or pmap, alone or in a
+# sweep), and train.steps (to extend a finished run; schedules that depend on it change from the
+# resumed step on). Any other change makes it a different run, which must not resume this one's
 # checkpoint or take its results.
 RESUME_FREE_FIELDS = ("data.dir", "data.tfds_dir", "data.arrays_dir", "eval_every", "eval_batch",
-                      "evals", "train.log_every", "train.sweep_axis", "parallel", "checkpoint",
-                      "meta.test_tasks", "meta.test_inner_steps", "resume_check")
+                      "evals", "train.log_every", "train.sweep_axis", "train.steps", "parallel",
+                      "checkpoint", "meta.test_tasks", "meta.test_inner_steps", "resume_check")
 
 
 class ConfigMismatchError(ConfigError):

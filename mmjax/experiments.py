@@ -77,12 +77,14 @@ def is_finished(root: pathlib.Path, cell: Cell) -> bool:
   neither shown in tables nor kept in place of a run (which then stops with the differences)."""
   path = cell_dir(root, cell) / "results.json"
   try:
-    if "eval" not in json.loads(path.read_text()):
-      return False
+    results = json.loads(path.read_text())
   except (FileNotFoundError, json.JSONDecodeError):
     return False
+  config = cell_config(cell)
+  if "eval" not in results or results.get("step", config.train.steps) != config.train.steps:
+    return False  # unfinished, or finished at another step count (the run then extends it)
   try:
-    config_lib.check_same_run(cell_config(cell), cell_dir(root, cell))
+    config_lib.check_same_run(config, cell_dir(root, cell))
   except config_lib.ConfigMismatchError as e:
     if cell.key not in _MISMATCHED:
       _MISMATCHED.add(cell.key)

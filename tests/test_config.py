@@ -132,18 +132,18 @@ def test_a_workdir_with_another_configs_run_is_refused_and_free_fields_may_chang
       str(REPO / "configs/digits_adapt.py:dann/mnist_usps"), {"optim.lr": "0.5"}), tmp_path)
   (tmp_path / "checkpoints" / "500").mkdir(parents=True)
   config_lib.check_same_run(cfg, tmp_path)
-  free = {"train.log_every": "7", "checkpoint.every": "9", "eval_every": "11", "parallel": "pmap",
-          "data.arrays_dir": "/elsewhere", "train.sweep_axis": "vmap"}
+  free = {"train.steps": "6000", "train.log_every": "7", "checkpoint.every": "9", "eval_every": "11",
+          "parallel": "pmap", "data.arrays_dir": "/elsewhere", "train.sweep_axis": "vmap"}
   config_lib.check_same_run(config_lib.load_with_overrides(
       str(REPO / "configs/digits_adapt.py:dann/mnist_usps"), free), tmp_path)
   changed = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
-                                           {"optim.lr": "0.5", "train.steps": "77"})
+                                           {"optim.lr": "0.5", "optim.momentum": "0.5"})
   with pytest.raises(config_lib.ConfigMismatchError) as e:
     config_lib.check_same_run(changed, tmp_path)
   assert "optim.lr: 0.01 there, 0.5 now" in str(e.value)
-  assert "train.steps: 3000 there, 77 now" in str(e.value)
+  assert "optim.momentum: 0.9 there, 0.5 now" in str(e.value)
   assert config_lib.run_differences(cfg, changed) == {"optim.lr": (0.01, 0.5),
-                                                      "train.steps": (3000, 77)}
+                                                      "optim.momentum": (0.9, 0.5)}
   changed.resume_check = "warn"  # logs the differences and goes on
   config_lib.check_same_run(changed, tmp_path)
   changed.resume_check = "never"

@@ -166,7 +166,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path, c
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   train.train_and_evaluate(small_config(**{"train.steps": "10"}), tmp_path)
-  bad = small_config(**{"train.steps": "30", "optim.lr": "nan"})
+  bad = small_config(**{"train.steps": "30", "optim.lr": "nan", "resume_check": "warn"})
   with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step 12\b.*checkpoints/10"):
     train.train_and_evaluate(bad, tmp_path)
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [10]

@@ -204,6 +204,8 @@ def test_a_changed_config_neither_resumes_nor_reuses_another_runs_workdir(tmp_pa
   assert experiments.is_finished(tmp_path, relogged)
   other = dataclasses.replace(cell, overrides=cell.overrides + (("optim.lr", "0.123"),))
   assert not experiments.is_finished(tmp_path, other)
+  longer = dataclasses.replace(cell, overrides=cell.overrides + (("train.steps", "40"),))
+  assert not experiments.is_finished(tmp_path, longer)  # its run would extend this one to 40
   for train in (trainer.train_and_evaluate, lambda c, w: sweep.train_runs([sweep.Run(c, w)])):
     with pytest.raises(config_lib.ConfigMismatchError, match="optim.lr"):
       train(experiments.cell_config(other), workdir)

@@ -1,11 +1,13 @@
-"""Faster XLA:CPU gradients for the pooling (and optionally first conv) layers of small CNNs.
+"""Faster XLA:CPU lowerings for small CNNs' pooling (and optionally first conv) layers and for
+patch embeddings.
 
 Measured on a 2-core AVX-512 CPU (benchmarks/README.md): the gradient of `nn.max_pool` lowers to
 select_and_scatter, which XLA:CPU runs slowly, and the weight gradient of a conv whose input has one
 channel (a grayscale image) lowers to an Eigen convolution with batch 1 and a window as large as the
 image, ~7x slower than the same sums as one matmul. Here non-overlapping pooling is a reshape and a
 max, and such a conv keeps XLA's forward and input gradient but takes its weight gradient as
-im2col patches times the output gradient.
+im2col patches times the output gradient. A conv whose stride equals its kernel size (ViT's patch
+embedding) is a reshape and one matmul (`patch_conv`).
 
 Use `conv_general_dilated` as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: params,
 their names and initialisation stay nn.Conv's, so checkpoints and configs are unaffected.
