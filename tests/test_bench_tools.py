@@ -79,36 +79,50 @@ def test_torch_transformer_reference_computes_the_same_loss():
   assert step.loss() < before  # the reference trains: Adam on the same loss
 
 
-def test_runtime_configure_sets_the_flag_once_and_respects_the_user(monkeypatch):
+def test_runtime_configure_sets_the_flags_once_and_respects_the_user(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   monkeypatch.delenv("MMJAX_XLA_CPU_DEFAULTS", raising=False)
-  assert runtime.configure()
-  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
-                                             runtime.NO_YNN_CONVOLUTIONS]
-  assert runtime.configure()  # idempotent
+  monkeypatch.setattr(runtime.importlib.metadata, "version", lambda name: "0.10.2")
+  monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
+  wanted = [runtime.NO_YNN_CONVOLUTIONS, *runtime.ONEDNN_DOTS]
+  assert runtime.configure() == wanted
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *wanted]
+  assert runtime.configure() == []  # idempotent
   assert os.environ["XLA_FLAGS"].count(runtime.YNN_FLAG) == 1
-  monkeypatch.setenv("XLA_FLAGS", f"{runtime.YNN_FLAG}=")  # the user's own choice stays
-  assert not runtime.configure()
-  assert os.environ["XLA_FLAGS"] == f"{runtime.YNN_FLAG}="
+  monkeypatch.setenv("XLA_FLAGS", f"{runtime.YNN_FLAG}= --xla_cpu_use_onednn=false")
+  assert runtime.configure() == [runtime.ONEDNN_DOTS[1]]  # the user's own choices stay
+  assert os.environ["XLA_FLAGS"].split()[:2] == [f"{runtime.YNN_FLAG}=", "--xla_cpu_use_onednn=false"]
+  # oneDNN dots only where checked: jaxlib 0.10 on x86-64; the YNNPACK flag on 0.10 and 0.11.
+  assert runtime.defaults("0.11.2", "x86_64") == [runtime.NO_YNN_CONVOLUTIONS]
+  assert runtime.defaults("0.10.2", "aarch64") == [runtime.NO_YNN_CONVOLUTIONS]
+  assert runtime.defaults("0.9.2", "x86_64") == []
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setenv("MMJAX_XLA_CPU_DEFAULTS", "0")
-  assert not runtime.configure()
+  assert runtime.configure() == []
   assert os.environ["XLA_FLAGS"] == ""
 
 
-def test_importing_mmjax_keeps_convolutions_out_of_ynnpack():
-  """In a fresh process, convolutions compile to XLA's own (Eigen) convolutions after
-  `import mmjax`, and to YNNPACK fusions with MMJAX_XLA_CPU_DEFAULTS=0 (the flag is what changes)."""
-  code = ("import mmjax, jax, jax.numpy as jnp\n"
+def test_importing_mmjax_keeps_convolutions_out_of_ynnpack_and_runs_dots_in_onednn():
+  """In a fresh process, after `import mmjax` convolutions compile to XLA's own (Eigen) ones and
+  dots to oneDNN fusions (jaxlib 0.10 on x86-64, this machine), and both to YNNPACK fusions with
+  MMJAX_XLA_CPU_DEFAULTS=0 (the flags are what changes); the oneDNN product equals numpy's."""
+  code = ("import mmjax, jax, jax.numpy as jnp, numpy as np\n"
           "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', "
           "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
           "hlo = jax.jit(f).lower(jnp.ones((8, 12, 12, 32)), jnp.ones((5, 5, 32, 48)))"
           ".compile().as_text()\n"
-          "print('ynn' if '__ynn_fusion' in hlo else 'eigen')\n")
+          "a, b = (np.random.default_rng(i).normal(size=s).astype(np.float32)\n"
+          "        for i, s in ((0, (256, 512)), (1, (512, 128))))\n"
+          "dot = jax.jit(jnp.dot)\n"
+          "dot_hlo = dot.lower(a, b).compile().as_text()\n"
+          "err = np.abs(np.asarray(dot(a, b)) - a.astype(np.float64) @ b).max()\n"
+          "print('ynn' if '__ynn_fusion' in hlo else 'eigen',\n"
+          "      'onednn' if '__onednn_fusion' in dot_hlo else 'ynn' if '__ynn_fusion' in dot_hlo\n"
+          "      else 'other', err < 1e-3)\n")
   outputs = {}
   for defaults in ("1", "0"):
     env = {**os.environ, "XLA_FLAGS": "", "MMJAX_XLA_CPU_DEFAULTS": defaults,
            "PYTHONPATH": str(REPO)}
     outputs[defaults] = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                                       capture_output=True, text=True).stdout.split()[-1]
-  assert outputs == {"1": "eigen", "0": "ynn"}
+                                       capture_output=True, text=True).stdout.split()[-3:]
+  assert outputs == {"1": ["eigen", "onednn", "True"], "0": ["ynn", "ynn", "True"]}
