@@ -9,9 +9,10 @@ MAML steps. So `configure()` takes convolutions, and only convolutions, away fro
 keeps its reductions and elementwise fusions), before JAX creates its CPU backend.
 
 On x86-64 with jaxlib 0.10 it also runs dots through oneDNN (`--xla_cpu_use_onednn` with the
-`individual_dot` oneDNN fusion type), which jaxlib builds in: the fusion Transformer step took
-191-198 against 203-220 ms with YNNPACK's dots (three alternating runs), the DANN and MAML steps
-stayed within noise. oneDNN takes no convolutions in this XLA.
+`individual_dot` oneDNN fusion type), which jaxlib builds in: over five alternating pairs of runs
+the fusion Transformer step averaged 1.08x PyTorch's speed against 1.03x with YNNPACK's dots (a
+small gain, within run-to-run noise in two of the pairs); the DANN and MAML steps stayed within
+noise. oneDNN takes no convolutions in this XLA.
 
 Each flag is left alone when the user already set it; none is added when MMJAX_XLA_CPU_DEFAULTS=0
 or for a jaxlib outside the versions it was checked on (an unknown flag would abort XLA at start).
