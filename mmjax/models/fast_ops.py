@@ -84,13 +84,13 @@ def _conv_valid_bwd(precision, residuals, g):
 conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
 
 
-def _is_plain_2d(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
-                 feature_group_count, batch_group_count) -> bool:
-  """Whether a conv is the stride-1, undilated, ungrouped NHWC x HWIO kind `conv_valid` handles."""
+def _is_nhwc_undilated(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                       feature_group_count, batch_group_count) -> bool:
+  """Whether a conv is an undilated, ungrouped 2-D NHWC x HWIO one (any stride and padding)."""
   if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
     return False
   ones = (None, (1, 1), [1, 1])
-  if tuple(window_strides) != (1, 1) or lhs_dilation not in ones or rhs_dilation not in ones:
+  if lhs_dilation not in ones or rhs_dilation not in ones:
     return False
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
@@ -111,24 +111,6 @@ def patch_conv(x, kernel, precision=None):
   return y.reshape(n, oh, ow, features)
 
 
-def _is_patch_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                   dimension_numbers, feature_group_count, batch_group_count) -> bool:
-  """Whether a conv is an unpadded NHWC x HWIO one with stride equal to its kernel size."""
-  if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
-    return False
-  ones = (None, (1, 1), [1, 1])
-  if tuple(window_strides) != tuple(rhs.shape[:2]) or lhs_dilation not in ones or (
-      rhs_dilation not in ones):
-    return False
-  if isinstance(padding, str):
-    if padding != "VALID":
-      return False
-  elif any(lo or hi for lo, hi in padding):
-    return False
-  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
@@ -136,14 +118,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   runs stride-1 2-D NHWC convs of at most MATMUL_GRAD_MAX_CHANNELS input channels as
   `conv_valid` after explicit padding, and unpadded convs with stride equal to their kernel size
   (patch embeddings) as `patch_conv`; every other conv is lax's."""
-  if preferred_element_type is None and _is_patch_conv(
-      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, batch_group_count):
+  plain = preferred_element_type is None and _is_nhwc_undilated(
+      lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+      batch_group_count)
+  unpadded = padding == "VALID" if isinstance(padding, str) else not any(
+      lo or hi for lo, hi in padding)
+  if plain and unpadded and tuple(window_strides) == tuple(rhs.shape[:2]):
     return patch_conv(lhs, rhs, precision)
-  if (preferred_element_type is not None or lhs.ndim != 4
-      or lhs.shape[3] > MATMUL_GRAD_MAX_CHANNELS or not _is_plain_2d(
-          lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
-          feature_group_count, batch_group_count)):
+  if (not plain or lhs.shape[3] > MATMUL_GRAD_MAX_CHANNELS
+      or tuple(window_strides) != (1, 1)):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
