@@ -292,6 +292,8 @@ def check_same_run(cfg: ml_collections.ConfigDict, workdir) -> None:
   """Raises ConfigMismatchError when `workdir` already holds a checkpoint or results of a run
   whose config.json differs from `cfg` outside RESUME_FREE_FIELDS; a workdir without either (a run
   that stopped before its first save) may be reused freely."""
+  if cfg.resume_check not in ("error", "warn"):
+    raise ConfigError(f"resume_check={cfg.resume_check!r}: expected 'error' or 'warn'")
   workdir = pathlib.Path(workdir)
   checkpoints = workdir / "checkpoints"
   started = (workdir / "results.json").exists() or (
@@ -304,14 +306,12 @@ def check_same_run(cfg: ml_collections.ConfigDict, workdir) -> None:
     raise ConfigMismatchError(
         f"{workdir / 'config.json'} is unreadable ({e}), so this workdir's checkpoints cannot be "
         "matched to a config: use a new --workdir, or delete this one to start over") from e
-  if cfg.resume_check not in ("error", "warn"):
-    raise ConfigError(f"resume_check={cfg.resume_check!r}: expected 'error' or 'warn'")
-  diffs = run_differences(stored, cfg)
+  diffs = [f"{k}: {a!r} there, {b!r} now" for k, (a, b) in run_differences(stored, cfg).items()]
   if diffs and cfg.resume_check == "warn":
     logging.warning("%s holds a run of a different config; going on as resume_check='warn' asks: %s",
-                    workdir, "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diffs.items()))
+                    workdir, "; ".join(diffs))
   elif diffs:
-    listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in list(diffs.items())[:8])
+    listed = "; ".join(diffs[:8])
     more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
     raise ConfigMismatchError(
         f"{workdir} holds a run of a different config ({listed}{more}). Resuming it would mix "

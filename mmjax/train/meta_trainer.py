@@ -87,8 +87,7 @@ def train_and_evaluate(config, workdir) -> dict:
   start_time = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  config_lib.check_same_run(config, workdir)
-  finished = trainer.finished_results(workdir, config.train.steps)
+  finished = trainer.finished_results(workdir, config)
   if finished is not None:
     logging.info("%s already holds the finished run's results; nothing to do", workdir)
     return finished

@@ -316,10 +316,7 @@ def train_runs(runs) -> list:
   """Trains `runs` as one sweep; returns each run's results (as trainer.train_and_evaluate's),
   None for a run that failed, or {"preempted": True, ...} after SIGTERM."""
   check_runs(runs)
-  for r in runs:
-    config_lib.check_same_run(r.config, r.workdir)
-  results = [trainer.finished_results(pathlib.Path(r.workdir), r.config.train.steps)
-             for r in runs]
+  results = [trainer.finished_results(pathlib.Path(r.workdir), r.config) for r in runs]
   todo = [i for i, res in enumerate(results) if res is None]
   if not todo:
     return results

@@ -52,7 +52,10 @@ class Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def finished_results(workdir: pathlib.Path, steps_total: int):
+def finished_results(workdir: pathlib.Path, config):
+  """The results of `workdir`'s run when it finished config.train.steps, else None; a workdir that
+  holds another config's run raises (config.check_same_run)."""
+  config_lib.check_same_run(config, workdir)
   path = workdir / "results.json"
   if not path.exists():
     return None
@@ -61,7 +64,7 @@ def finished_results(workdir: pathlib.Path, steps_total: int):
   except json.JSONDecodeError:
     logging.warning("%s is unreadable; the run's evaluation will be redone", path)
     return None
-  return results if results.get("step") == steps_total else None
+  return results if results.get("step") == config.train.steps else None
 
 
 def load_eval_sets(config):
@@ -127,8 +130,7 @@ def train_and_evaluate(config, workdir) -> dict:
   start_time = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  config_lib.check_same_run(config, workdir)
-  finished = finished_results(workdir, config.train.steps)
+  finished = finished_results(workdir, config)
   if finished is not None:
     logging.info("%s already holds the finished run's results; nothing to do", workdir)
     return finished
