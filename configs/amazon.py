@@ -4,6 +4,10 @@ Args: <method>/<source>_<target>, method in nn | dann, domains books | dvd | ele
 (e.g. configs/amazon.py:dann/books_dvd). Train on the source's 2000 labelled reviews plus the
 target's 2000 train reviews without labels; evaluate on the target's test file.
 
+A "/val" suffix (configs/amazon.py:dann/books_dvd/val) trains on a fixed 80% of the source's
+reviews (data split "train_fit") and also evaluates on the other 20% ("source_val"), the held-out
+set the model-selection protocols of mmjax.selection read (experiments/amazon_selection.py).
+
 The paper's network (Ganin et al. 2016, §5.1.2 and the authors' code): one hidden layer of 50
 sigmoid units, a logistic domain regressor on it, plain SGD. The authors' code trains one example at
 a time for up to 200 epochs with early stopping on a source validation split; this config uses
@@ -18,10 +22,11 @@ ARGS = tuple(f"{m}/{p}" for m in ("nn", "dann") for p in PAIRS)
 
 def get_config(arg=None):
   arg = arg or "dann/books_dvd"
-  if arg not in ARGS:
-    raise ValueError(f"unknown amazon arg {arg!r}; use <nn|dann>/<source>_<target> with domains "
-                     f"{', '.join(DOMAINS)}")
-  method, pair = arg.split("/")
+  base = arg.removesuffix("/val")
+  if base not in ARGS:
+    raise ValueError(f"unknown amazon arg {arg!r}; use <nn|dann>/<source>_<target>[/val] with "
+                     f"domains {', '.join(DOMAINS)}")
+  method, pair = base.split("/")
   source, target = pair.split("_")
   c = base_config()
   c.method = "supervised" if method == "nn" else "dann"
@@ -35,6 +40,9 @@ def get_config(arg=None):
   c.data.global_batch = 32
   c.evals.target_test = dict(dataset=f"amazon_{target}", split="test")
   c.evals.source_test = dict(dataset=f"amazon_{source}", split="test")
+  if base != arg:  # "/val": hold 20% of the source out for model selection
+    c.data.train_split = "train_fit"
+    c.evals.source_val = dict(dataset=f"amazon_{source}", split="train_val")
   c.adapt.domain_layers = 0        # logistic domain regressor on the hidden layer, as in the paper
   c.adapt.lambda_max = 0.1
   c.train.steps = 3000
@@ -50,4 +58,4 @@ def get_config(arg=None):
 
 
 def sweep():
-  return [{"arg": arg} for arg in ARGS]
+  return [{"arg": arg} for arg in ARGS + tuple(f"{arg}/val" for arg in ARGS)]

@@ -24,7 +24,7 @@ PUBLISHED = {
 ROWS = {"nn": "NN (source only)", "dann": "DANN"}
 
 
-def _labels():
+def labels():
   labels = {}
   for method, row in ROWS.items():
     for s in NAMES:
@@ -55,7 +55,7 @@ SPEC = tables.TableSpec(
 
 def main(argv):
   del argv
-  settings = table_script.settings_from_sweep("configs/amazon.py", _labels())
+  settings = table_script.settings_from_sweep("configs/amazon.py", labels())
   if table_script.FLAGS.quick:  # four pairs keep the quick check near a minute
     settings = [s for s in settings if s["column"] in QUICK_PAIRS]
   return table_script.main(SPEC, settings, QUICK, "200 steps, 1 seed, 4 of the 12 pairs")

@@ -99,27 +99,32 @@ def cell_config(cell: Cell):
                                         {**dict(cell.overrides), "seed": str(cell.seed)})
 
 
-def sweep_groups(cells) -> list:
+def sweep_groups(cells, max_size: int | None = None) -> list:
   """Cells grouped by config.sweep_key, in first-seen order; cells that cannot sweep, or have no
-  partner, come as groups of one."""
+  partner, come as groups of one. With `max_size`, a larger group is cut into consecutive sweeps of
+  at most that many cells (a sweep holds every distinct dataset of its runs in memory at once)."""
   groups = {}
   for i, cell in enumerate(cells):
     key = config_lib.sweep_key(cell_config(cell))
     groups.setdefault(key if key is not None else f"solo {i}", []).append(cell)
-  return list(groups.values())
+  size = max_size or max(map(len, groups.values()), default=1)
+  return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 class Runner:
   """Runs unfinished cells, up to `parallel` runs or sweeps at once; SIGTERM/Ctrl-C is passed on.
 
-  With `sweep` (the default), compatible cells train together as one sweep (see the docstring).
+  With `sweep` (the default), compatible cells train together as one sweep (see the docstring),
+  at most `max_sweep` cells in one sweep when it is set.
   """
 
-  def __init__(self, root, parallel: int = 1, env=None, sweep: bool = True):
+  def __init__(self, root, parallel: int = 1, env=None, sweep: bool = True,
+               max_sweep: int | None = None):
     self.root = pathlib.Path(root)
     self.parallel = max(1, parallel)
     self.env = {**os.environ, **(env or {})}
     self.sweep = sweep
+    self.max_sweep = max_sweep
     self._procs = set()
     self._lock = threading.Lock()
     self._stopping = False
@@ -128,7 +133,7 @@ class Runner:
     """Returns {cell.key: "done" | "skipped" | "failed: ..." | "stopped"}."""
     todo = [c for c in cells if not is_finished(self.root, c)]
     status = {c.key: "skipped" for c in cells if c not in todo}
-    groups = sweep_groups(todo) if self.sweep else [[c] for c in todo]
+    groups = sweep_groups(todo, self.max_sweep) if self.sweep else [[c] for c in todo]
     logging.info("%d cells: %d finished, %d to run in %d sweeps and %d single runs", len(cells),
                  len(status), len(todo), sum(len(g) > 1 for g in groups),
                  sum(len(g) == 1 for g in groups))

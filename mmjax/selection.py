@@ -20,7 +20,7 @@ import os
 import numpy as np
 from absl import logging
 
-from mmjax import experiments
+from mmjax import experiments, tables
 from mmjax.analysis import runs
 
 CRITERIA = {"source_val": "source_val/accuracy", "reverse_val": "source_val/accuracy",
@@ -99,3 +99,46 @@ def select(cell_scores: dict) -> tuple[list, dict]:
                  ", ".join(f"{t} {m:.3f}" for t, m in means.items()))
   chosen = [c for c in cell_scores if choices[(c.row, c.column)][0] == c.tag]
   return chosen, choices
+
+
+def run_with_reverse(runner: experiments.Runner, cells) -> tuple[dict, dict]:
+  """Runs the candidate cells, then the reverse-validation run of each finished one.
+
+  Returns ({cell: its reverse cell}, {cell key: status} of both rounds)."""
+  status = runner.run(cells)
+  reverse = {c: reverse_cell(runner.root, c) for c in cells if experiments.is_finished(runner.root, c)}
+  status.update(runner.run(list(reverse.values())))
+  return reverse, status
+
+
+def table_records(spec: tables.TableSpec, root, cells, reverse, rows: dict,
+                  fixed_tag: str) -> tuple[list, dict]:
+  """One table of every protocol: rows maps "fixed" and each criterion to its row label.
+
+  The "fixed" row holds the candidates tagged `fixed_tag`; each criterion's row holds, per task,
+  the candidate it chose. The cells' own row label (their method) is replaced by the protocol's;
+  spec.published is keyed by the protocol's label. Returns (records, each criterion's choices)."""
+  chosen = {"fixed": [c for c in cells if c.tag == fixed_tag]}
+  choices = {}
+  for criterion in CRITERIA:
+    chosen[criterion], choices[criterion] = select(scores(root, cells, criterion, reverse))
+  records = []
+  for key, label in rows.items():
+    methods = sorted({c.row for c in chosen[key]}) or [label]
+    one_row = dataclasses.replace(spec, rows=methods, published={
+        (m, column): value for (row, column), value in spec.published.items() if row == label
+        for m in methods})
+    records += [{**r, "row": label} for r in tables.collect(root, chosen[key], one_row)]
+  order = {c: i for i, c in enumerate(spec.columns)}
+  records.sort(key=lambda r: (order.get(r["column"], len(order)), spec.rows.index(r["row"])))
+  return records, choices
+
+
+def choices_markdown(choices: dict, rows: dict) -> str:
+  """The candidate each criterion chose per task, with its score, as Markdown lines."""
+  lines = ["", "Chosen per task (criterion: task → candidate, its score):", ""]
+  for criterion, picks in choices.items():
+    text = ", ".join(f"{column} {tag.split('=', 1)[-1]} ({100 * score:.1f})"
+                     for (_, column), (tag, score) in sorted(picks.items(), key=lambda kv: kv[0][1]))
+    lines.append(f"- {rows[criterion]}: {text}")
+  return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ import pathlib
 
 from absl import flags, logging
 
-from mmjax import experiments, logs, plots, tables
+from mmjax import experiments, logs, plots, selection, tables
 
 flags.DEFINE_string("workdir", None, "root of the cells' workdirs")
 flags.DEFINE_integer("seeds", 5, "seeds per cell")
@@ -23,6 +23,8 @@ flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every cell, 
                           "--set=data.order=numpy (repeat for more); use a --workdir of its own")
 flags.DEFINE_bool("tables_only", False, "train nothing: write the table from the finished cells")
 flags.DEFINE_string("note", "", "appended to the table's notes (e.g. the machine the runs ran on)")
+flags.DEFINE_list("columns", None, "model-selection tables: the columns (tasks) to run, e.g. "
+                  "A→W,D→C; default all")
 FLAGS = flags.FLAGS
 
 
@@ -97,4 +99,49 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   for key, why in failed.items():
     logging.error("cell %s: %s", key, why)
   logging.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+  return 1 if failed else 0
+
+
+def selection_main(spec: tables.TableSpec, settings: list, grid: dict, rows: dict, fixed_tag: str,
+                   quick_overrides: tuple, quick_columns: tuple, max_sweep: int | None = None) -> int:
+  """A model-selection table (mmjax.selection): every cell once per candidate of `grid`, the
+  reverse-validation runs, then one row per protocol (`rows`: "fixed" and each criterion -> label).
+
+  `max_sweep` caps the runs of one sweep: reverse runs each read their own pseudo-labelled dataset,
+  which a sweep holds in memory."""
+  if not FLAGS.workdir:
+    raise SystemExit("--workdir is required")
+  logs.setup()
+  if FLAGS.quick:
+    spec = tables.TableSpec(**{**vars(spec), "notes": "QUICK CHECK: a few steps, 1 seed; not a result."})
+  if FLAGS.columns or FLAGS.quick:
+    columns = [c for c in spec.columns if c in (FLAGS.columns or quick_columns)]
+    unknown = sorted(set(FLAGS.columns or ()) - set(spec.columns))
+    if unknown:
+      raise SystemExit(f"--columns: unknown {unknown}; this table has {', '.join(spec.columns)}")
+    settings = [s for s in settings if s["column"] in columns]
+    spec = tables.TableSpec(**{**vars(spec), "columns": columns, "notes":
+                               f"{spec.notes} Tasks run: {len(columns)} of {len(spec.columns)}."})
+  if FLAGS.note:
+    spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {FLAGS.note}".strip()})
+  seeds = range(1 if FLAGS.quick else FLAGS.seeds)
+  root = pathlib.Path(FLAGS.workdir)
+  overrides = (quick_overrides if FLAGS.quick else ()) + set_overrides(FLAGS.set)
+  cells = selection.candidate_cells(experiments.grid(settings, seeds, overrides), grid)
+  runner = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep, max_sweep=max_sweep)
+  if FLAGS.tables_only:
+    reverse = {c: selection.reverse_cell(root, c) for c in cells if experiments.is_finished(root, c)}
+    status = {}
+  else:
+    reverse, status = selection.run_with_reverse(runner, cells)
+  records, choices = selection.table_records(spec, root, cells, reverse, rows, fixed_tag)
+  out = pathlib.Path(FLAGS.out or (root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"))
+  paths = tables.write_all(out, spec, records, len(seeds))
+  with paths["md"].open("a") as md:
+    md.write(selection.choices_markdown(choices, rows))
+  paths["bars"] = plots.bars(spec, records, out / f"{spec.name}_bars")
+  print(paths["md"].read_text())
+  failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
+  for key, why in failed.items():
+    logging.error("cell %s: %s", key, why)
   return 1 if failed else 0

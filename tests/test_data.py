@@ -3,6 +3,8 @@ import gzip
 import io
 import os
 import pathlib
+import subprocess
+import sys
 import urllib.error
 
 import jax
@@ -111,6 +113,34 @@ def test_load_split_mnist_matches_the_idx_bytes(split, prefix):
   assert arrays["image"].dtype == np.uint8 and arrays["label"].dtype == np.int32
   np.testing.assert_array_equal(arrays["image"], images[..., None])
   np.testing.assert_array_equal(arrays["label"], labels)
+
+
+_PREPARE_AT_ONCE = """
+import pathlib, sys, time
+from absl import logging
+from mmjax import data
+logging.set_verbosity(logging.INFO)
+tfds_dir, me, other = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+(tfds_dir / me).touch()
+while not (tfds_dir / other).exists():  # start together, after the slow imports
+  time.sleep(0.01)
+print("examples", len(data.load_split("usps", "test", tfds_dir=tfds_dir)["label"]))
+"""
+
+
+def test_two_processes_needing_an_unprepared_dataset_prepare_it_once(tmp_path):
+  """Parallel sweeps of a table on a fresh machine used to race: both prepared the dataset and
+  one failed renaming tfds's incomplete directory into place. Now one prepares, the other waits."""
+  tfds_dir = tmp_path / "tfds"
+  tfds_dir.mkdir()
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_AT_ONCE, str(tfds_dir), me, other],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])})
+           for me, other in (("a", "b"), ("b", "a"))]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert all(f"examples {sum(CLASS_COUNTS['usps', 'test'])}" in out for out in outputs)
+  assert sum("Preparing mmjax_usps" in out for out in outputs) == 1, outputs
 
 
 def test_unknown_dataset_or_split_lists_the_valid_ones():

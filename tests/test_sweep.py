@@ -182,6 +182,9 @@ def test_runner_sweeps_compatible_cells_and_runs_the_rest_alone(tmp_path):
   cells = experiments.grid(settings, [0], overrides) + [experiments.Cell(
       "NN", "longer", 0, "configs/amazon.py:nn/books_dvd", overrides + (("train.steps", "30"),))]
   assert [len(g) for g in experiments.sweep_groups(cells)] == [2, 1]
+  more = cells[:2] + [dataclasses.replace(c, seed=1) for c in cells[:2]] + cells[2:]
+  assert [[(c.column, c.seed) for c in g] for g in experiments.sweep_groups(more, max_size=3)] == [
+      [("B→D", 0), ("K→E", 0), ("B→D", 1)], [("K→E", 1)], [("longer", 0)]]
   status = experiments.Runner(tmp_path).run(cells)
   assert set(status.values()) == {"done"}
   results = [json.loads((experiments.cell_dir(tmp_path, c) / "results.json").read_text())

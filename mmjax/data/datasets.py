@@ -6,7 +6,9 @@ reviews, Office-Caltech10) share float32 "features" [N, D] instead of images. Th
 datasets (Sort-of-CLEVR, audio-visual digits, Omniglot image + strokes) add their other modalities
 as float32 arrays beside uint8 images.
 """
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import os
 import tempfile
@@ -103,12 +105,30 @@ def get_builder(name: str, *, data_dir: str | os.PathLike | None = None,
   extra = {}
   if spec.reads_datasets:
     extra["load_split"] = functools.partial(load_split, data_dir=data_dir, tfds_dir=tfds_dir)
-  builder = spec.builder_cls(raw_dir=paths.resolve_data_dir(data_dir) / spec.raw_folder,
-                             data_dir=os.fspath(paths.resolve_tfds_dir(tfds_dir)), config=spec.config,
-                             **extra)
+  tfds_root = paths.resolve_tfds_dir(tfds_dir)
+  make = lambda: spec.builder_cls(raw_dir=paths.resolve_data_dir(data_dir) / spec.raw_folder,
+                                  data_dir=os.fspath(tfds_root), config=spec.config, **extra)
+  builder = make()
   if not builder.is_prepared():
-    _prepare(builder)
+    with _preparing(tfds_root, f"{builder.name}_{spec.config or 'default'}"):
+      builder = make()  # another process may have prepared it while this one waited
+      if not builder.is_prepared():
+        _prepare(builder)
   return builder
+
+
+@contextlib.contextmanager
+def _preparing(tfds_root, name: str):
+  """Holds an exclusive lock on `<tfds dir>/.prepare_<name>.lock`: processes that need the same
+  unprepared dataset at once (the runs or sweeps of a table started in parallel) prepare it one at
+  a time, instead of racing to rename tfds's incomplete directory into place."""
+  os.makedirs(tfds_root, exist_ok=True)
+  with open(os.path.join(tfds_root, f".prepare_{name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _prepare(builder: tfds.core.DatasetBuilder) -> None:
