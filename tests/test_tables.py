@@ -135,6 +135,40 @@ def test_quick_amazon_table_has_every_row_and_the_mean(tmp_path):
     assert 0.0 <= float(r["mean"]) <= 1.0 and r["published"] != ""
 
 
+def test_quick_amazon_selection_reports_the_candidate_each_criterion_prefers(tmp_path):
+  """The model-selection table (shared with experiments/office_selection.py), checked against the
+  choices recomputed here from every forward and reverse run's results.json."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  out = subprocess.run([sys.executable, str(REPO / "experiments/amazon_selection.py"),
+                        f"--workdir={tmp_path}", "--quick"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+  fatal = out.stderr.find("Fatal Python error")  # a crash: show where, not only the thread dump
+  assert out.returncode == 0, out.stderr[fatal:fatal + 6000] if fatal >= 0 else out.stderr[-3000:]
+  forward, reverse = {}, {}
+  for path in tmp_path.glob("**/results.json"):
+    config = json.loads((path.parent / "config.json").read_text())
+    evals = json.loads(path.read_text())["eval"]
+    runs = reverse if config["data"]["train"].startswith("npz:") else forward
+    runs[config["adapt"]["lambda_max"]] = evals
+  assert len(forward) == len(reverse) == 9 and min(forward) == 0.01 and max(forward) == 1.0
+  target = {lam: e["target_test"]["accuracy"] for lam, e in forward.items()}
+  best = lambda score: min(score, key=lambda lam: (-score[lam], lam))  # ties: first in the grid
+  expected = {
+      "DANN, lambda_max=0.1 fixed": target[0.1],
+      "DANN, source validation": target[best({k: e["source_val"]["accuracy"]
+                                                for k, e in forward.items()})],
+      "DANN, reverse validation": target[best({k: e["source_val"]["accuracy"]
+                                                 for k, e in reverse.items()})],
+      "DANN, target oracle (upper bound)": max(target.values()),
+  }
+  rows = {r["row"]: r for r in csv.DictReader((tmp_path / "tables/amazon_selection.csv").open())
+          if r["column"] == "B→D"}
+  assert {row: float(r["mean"]) for row, r in rows.items()} == pytest.approx(expected, abs=1e-6)
+  assert rows["DANN, reverse validation"]["published"] == "0.784"
+  assert rows["DANN, source validation"]["published"] == ""
+  assert "Chosen per task" in (tmp_path / "tables/amazon_selection.md").read_text()
+
+
 def test_a_one_seed_cell_shows_its_value_without_a_spread(tmp_path):
   cells = _fake_cells(tmp_path, [0.6])
   md = tables.to_markdown(SPEC, tables.collect(tmp_path, cells, SPEC), 1)
