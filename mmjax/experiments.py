@@ -111,6 +111,14 @@ def sweep_groups(cells, max_size: int | None = None) -> list:
   return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
+def _holds_other_run(root, cell: Cell) -> bool:
+  try:
+    config_lib.check_same_run(cell_config(cell), cell_dir(root, cell))
+  except config_lib.ConfigMismatchError:
+    return True
+  return False
+
+
 class Runner:
   """Runs unfinished cells, up to `parallel` runs or sweeps at once; SIGTERM/Ctrl-C is passed on.
 
@@ -133,7 +141,7 @@ class Runner:
     """Returns {cell.key: "done" | "skipped" | "failed: ..." | "stopped"}."""
     todo = [c for c in cells if not is_finished(self.root, c)]
     status = {c.key: "skipped" for c in cells if c not in todo}
-    groups = sweep_groups(todo, self.max_sweep) if self.sweep else [[c] for c in todo]
+    groups = self.groups(todo)
     logging.info("%d cells: %d finished, %d to run in %d sweeps and %d single runs", len(cells),
                  len(status), len(todo), sum(len(g) > 1 for g in groups),
                  sum(len(g) == 1 for g in groups))
@@ -146,6 +154,15 @@ class Runner:
       for s, handler in previous.items():
         signal.signal(s, handler)
     return status
+
+  def groups(self, todo) -> list:
+    """The sweeps and single runs that train `todo`. A cell whose workdir holds a run of another
+    config runs alone: its run stops with the differing fields (config.check_same_run), and in a
+    sweep it would stop its partners too."""
+    if not self.sweep:
+      return [[c] for c in todo]
+    other = [c for c in todo if _holds_other_run(self.root, c)]
+    return sweep_groups([c for c in todo if c not in other], self.max_sweep) + [[c] for c in other]
 
   def _run_group(self, group) -> dict:
     """Runs a sweep of the group's cells, then one by one any cell it did not finish."""

@@ -191,6 +191,12 @@ def test_runner_sweeps_compatible_cells_and_runs_the_rest_alone(tmp_path):
              for c in cells]
   assert [r.get("sweep", {}).get("runs") for r in results] == [2, 2, None]
   assert len(list((tmp_path / "sweeps").glob("*.json"))) == 1
+  # A rerun with another lr: the cell whose workdir holds the old run is kept out of the sweep
+  # (its run alone stops with the differences), so the new cells still sweep together.
+  relr = dataclasses.replace(cells[0], overrides=cells[0].overrides + (("optim.lr", "0.123"),))
+  new = [dataclasses.replace(c, seed=1) for c in (relr, cells[1])]
+  assert [[(c.column, c.seed) for c in g] for g in experiments.Runner(tmp_path).groups(
+      [relr] + new)] == [[("B→D", 1), ("K→E", 1)], [("B→D", 0)]]
 
 
 def test_a_changed_config_neither_resumes_nor_reuses_another_runs_workdir(tmp_path):

@@ -10,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
