@@ -8,11 +8,13 @@ DANN digits step 118 ms against 58 ms), while it changes nothing measurable for 
 MAML steps. So `configure()` takes convolutions, and only convolutions, away from YNNPACK (YNNPACK
 keeps its reductions and elementwise fusions), before JAX creates its CPU backend.
 
-On x86-64 with jaxlib 0.10 it also runs dots through oneDNN (`--xla_cpu_use_onednn` with the
-`individual_dot` oneDNN fusion type), which jaxlib builds in: over five alternating pairs of runs
-the fusion Transformer step averaged 1.08x PyTorch's speed against 1.03x with YNNPACK's dots (a
-small gain, within run-to-run noise in two of the pairs); the DANN and MAML steps stayed within
-noise. oneDNN takes no convolutions in this XLA.
+Dots stay where XLA puts them. jaxlib 0.10 can run them in oneDNN (`--xla_cpu_use_onednn=true
+--xla_cpu_experimental_onednn_fusion_type=individual_dot`); mmjax set that for a day, for a small
+gain (the fusion Transformer step 1.08x PyTorch's speed against 1.03x, within noise in two of five
+pairs), and removed it: XLA:CPU aborts the process when it frees a compiled program whose oneDNN
+fusions are still checked out of their pool (`object_pool.h: Check failed: available_.size() ==
+num_created_`, from `OneDnnFusionThunk::~OneDnnFusionThunk`), which happened at the end of
+training runs and in the test suite. `tests/test_bench_tools.py` reproduces it in a few seconds.
 
 Each flag is left alone when the user already set it; none is added when MMJAX_XLA_CPU_DEFAULTS=0
 or for a jaxlib outside the versions it was checked on (an unknown flag would abort XLA at start).
@@ -29,9 +31,6 @@ import sys
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 NO_YNN_CONVOLUTIONS = f"{YNN_FLAG}=-individual_convolution"
 CHECKED_JAXLIB = ("0.10.", "0.11.")  # versions whose XLA knows this flag and value
-ONEDNN_DOTS = ("--xla_cpu_use_onednn=true",
-               "--xla_cpu_experimental_onednn_fusion_type=individual_dot")
-ONEDNN_CHECKED_JAXLIB = ("0.10.",)  # the flags and value are in jaxlib 0.10.0 and 0.10.2
 
 
 def _backend_started() -> bool:
@@ -41,12 +40,8 @@ def _backend_started() -> bool:
 
 def defaults(jaxlib_version: str, machine: str) -> list:
   """The flags mmjax sets for this jaxlib version and CPU architecture."""
-  out = []
-  if jaxlib_version.startswith(CHECKED_JAXLIB):
-    out.append(NO_YNN_CONVOLUTIONS)
-  if jaxlib_version.startswith(ONEDNN_CHECKED_JAXLIB) and machine.lower() in ("x86_64", "amd64"):
-    out.extend(ONEDNN_DOTS)
-  return out
+  del machine  # the same on every architecture so far
+  return [NO_YNN_CONVOLUTIONS] if jaxlib_version.startswith(CHECKED_JAXLIB) else []
 
 
 def configure() -> list:
