@@ -83,14 +83,23 @@ def is_finished(root: pathlib.Path, cell: Cell) -> bool:
   config = cell_config(cell)
   if "eval" not in results or results.get("step", config.train.steps) != config.train.steps:
     return False  # unfinished, or finished at another step count (the run then extends it)
-  try:
-    config_lib.check_same_run(config, cell_dir(root, cell))
-  except config_lib.ConfigMismatchError as e:
+  mismatch = _other_run(root, cell, config)
+  if mismatch is not None:
     if cell.key not in _MISMATCHED:
       _MISMATCHED.add(cell.key)
-      logging.warning("cell %s does not count as finished: %s", cell.key, e)
+      logging.warning("cell %s does not count as finished: %s", cell.key, mismatch)
     return False
   return True
+
+
+def _other_run(root, cell: Cell, config=None) -> "config_lib.ConfigMismatchError | None":
+  """The error config.check_same_run raises when the cell's workdir holds another config's run."""
+  try:
+    config_lib.check_same_run(config if config is not None else cell_config(cell),
+                             cell_dir(root, cell))
+  except config_lib.ConfigMismatchError as e:
+    return e
+  return None
 
 
 def cell_config(cell: Cell):
@@ -109,14 +118,6 @@ def sweep_groups(cells, max_size: int | None = None) -> list:
     groups.setdefault(key if key is not None else f"solo {i}", []).append(cell)
   size = max_size or max(map(len, groups.values()), default=1)
   return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
-
-
-def _holds_other_run(root, cell: Cell) -> bool:
-  try:
-    config_lib.check_same_run(cell_config(cell), cell_dir(root, cell))
-  except config_lib.ConfigMismatchError:
-    return True
-  return False
 
 
 class Runner:
@@ -161,7 +162,7 @@ class Runner:
     sweep it would stop its partners too."""
     if not self.sweep:
       return [[c] for c in todo]
-    other = [c for c in todo if _holds_other_run(self.root, c)]
+    other = [c for c in todo if _other_run(self.root, c) is not None]
     return sweep_groups([c for c in todo if c not in other], self.max_sweep) + [[c] for c in other]
 
   def _run_group(self, group) -> dict:

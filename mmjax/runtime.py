@@ -25,7 +25,6 @@ compiles ignore them.
 import importlib.metadata
 import logging
 import os
-import platform
 import sys
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -38,9 +37,8 @@ def _backend_started() -> bool:
   return bool(bridge is not None and getattr(bridge, "_backends", None))
 
 
-def defaults(jaxlib_version: str, machine: str) -> list:
-  """The flags mmjax sets for this jaxlib version and CPU architecture."""
-  del machine  # the same on every architecture so far
+def defaults(jaxlib_version: str) -> list:
+  """The flags mmjax sets for this jaxlib version."""
   return [NO_YNN_CONVOLUTIONS] if jaxlib_version.startswith(CHECKED_JAXLIB) else []
 
 
@@ -54,7 +52,7 @@ def configure() -> list:
   except importlib.metadata.PackageNotFoundError:
     return []
   present = {f.split("=")[0] for f in flags.split()}
-  added = [f for f in defaults(jaxlib_version, platform.machine())
+  added = [f for f in defaults(jaxlib_version)
            if f.split("=")[0] not in present]
   if not added:
     return []

@@ -101,12 +101,17 @@ def select(cell_scores: dict) -> tuple[list, dict]:
   return chosen, choices
 
 
+def reverse_cells(root, cells) -> dict:
+  """{cell: its reverse-validation cell} for the finished cells."""
+  return {c: reverse_cell(root, c) for c in cells if experiments.is_finished(root, c)}
+
+
 def run_with_reverse(runner: experiments.Runner, cells) -> tuple[dict, dict]:
   """Runs the candidate cells, then the reverse-validation run of each finished one.
 
   Returns ({cell: its reverse cell}, {cell key: status} of both rounds)."""
   status = runner.run(cells)
-  reverse = {c: reverse_cell(runner.root, c) for c in cells if experiments.is_finished(runner.root, c)}
+  reverse = reverse_cells(runner.root, cells)
   status.update(runner.run(list(reverse.values())))
   return reverse, status
 

@@ -58,6 +58,19 @@ def only_cells(cells, only) -> list:
   return [c for c in cells if arg(c) in only]
 
 
+def output_dir(root) -> pathlib.Path:
+  """--out, else <workdir>/tables for --quick and docs/results for a real table."""
+  return pathlib.Path(FLAGS.out or (root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"))
+
+
+def report_failures(status: dict) -> int:
+  """Logs each failed or stopped cell of a Runner's status; 1 if there is one, else 0."""
+  failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
+  for key, why in failed.items():
+    logging.error("cell %s: %s", key, why)
+  return 1 if failed else 0
+
+
 def write_outputs(spec: tables.TableSpec, root, cells, seeds_asked: int, conclusion=None) -> dict:
   """Writes the table of `cells` (finished ones) and its figures; prints the Markdown; their paths.
 
@@ -67,8 +80,7 @@ def write_outputs(spec: tables.TableSpec, root, cells, seeds_asked: int, conclus
   records = tables.collect(root, cells, spec)
   if conclusion is not None:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {conclusion(records)}".strip()})
-  default_out = root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"
-  out = pathlib.Path(FLAGS.out or default_out)
+  out = output_dir(root)
   paths = tables.write_all(out, spec, records, seeds_asked)
   paths["curves"] = plots.learning_curves(root, cells, spec, "train/loss", out / f"{spec.name}_curves")
   paths["metric_curves"] = plots.learning_curves(root, cells, spec, spec.metric,
@@ -95,11 +107,9 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   if FLAGS.note:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {FLAGS.note}".strip()})
   paths = write_outputs(spec, root, cells, len(seeds), conclusion)
-  failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
-  for key, why in failed.items():
-    logging.error("cell %s: %s", key, why)
+  code = report_failures(status)
   logging.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-  return 1 if failed else 0
+  return code
 
 
 def selection_main(spec: tables.TableSpec, settings: list, grid: dict, rows: dict, fixed_tag: str,
@@ -130,18 +140,14 @@ def selection_main(spec: tables.TableSpec, settings: list, grid: dict, rows: dic
   cells = selection.candidate_cells(experiments.grid(settings, seeds, overrides), grid)
   runner = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep, max_sweep=max_sweep)
   if FLAGS.tables_only:
-    reverse = {c: selection.reverse_cell(root, c) for c in cells if experiments.is_finished(root, c)}
-    status = {}
+    reverse, status = selection.reverse_cells(root, cells), {}
   else:
     reverse, status = selection.run_with_reverse(runner, cells)
   records, choices = selection.table_records(spec, root, cells, reverse, rows, fixed_tag)
-  out = pathlib.Path(FLAGS.out or (root / "tables" if FLAGS.quick else experiments.REPO / "docs/results"))
+  out = output_dir(root)
   paths = tables.write_all(out, spec, records, len(seeds))
   with paths["md"].open("a") as md:
     md.write(selection.choices_markdown(choices, rows))
   paths["bars"] = plots.bars(spec, records, out / f"{spec.name}_bars")
   print(paths["md"].read_text())
-  failed = {k: v for k, v in status.items() if v.startswith(("failed", "stopped"))}
-  for key, why in failed.items():
-    logging.error("cell %s: %s", key, why)
-  return 1 if failed else 0
+  return report_failures(status)
