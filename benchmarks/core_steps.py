@@ -10,8 +10,10 @@ with the state donated) on one cached batch, the PyTorch reference of the same s
 of these cores) and, for entries fed by real data, the step fed by the tf.data pipeline. The four
 alternate within every repeat and the median of the repeats is reported, so load from other jobs
 falls on all of them alike; os.getloadavg() is recorded before and after. FLOPs come from the
-compiled step's cost_analysis(). Before timing, the PyTorch reference is loaded with the JAX
-params and must give the same loss.
+step's cost_analysis() (benchmarks/flops.py, with XLA's convs: custom calls such as the oneDNN
+convolutions count zero there). Both frameworks run in one process, so under the same malloc
+settings (mmjax.runtime.configure_malloc). Before timing, the PyTorch reference is loaded with the
+JAX params and must give the same loss.
 
 Entries are added to ENTRIES: a name -> function returning a `Runners`.
 """
@@ -37,7 +39,11 @@ from absl import app, flags, logging  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import data as data_lib  # noqa: E402
 from mmjax import methods  # noqa: E402
+from mmjax import runtime  # noqa: E402
 from mmjax.methods import inputs  # noqa: E402
+import flops as flops_lib  # noqa: E402  (benchmarks/flops.py)
+from mmjax.models import fast_ops as fast_ops_lib  # noqa: E402
+from mmjax.models import onednn  # noqa: E402
 from mmjax.train import optim, steps  # noqa: E402
 
 flags.DEFINE_list("entries", ["dann_digits", "dann_digits_xla_ops", "dann_digits_bf16"],
@@ -75,7 +81,8 @@ def _matmul_runner():
   return run, 2.0 * MATMUL_SIZE ** 3
 
 
-def _dann_digits(dtype: str = "float32", fast_ops: bool = True) -> Runners:
+def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
+                 onednn_convs: bool = True) -> Runners:
   """DANN on digits (configs/digits_adapt.py:dann/mnist_usps): 128 MNIST + 128 USPS images."""
   import torch_reference  # noqa: PLC0415 (torch only when a torch entry runs)
   cfg = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
@@ -104,9 +111,7 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True) -> Runners:
   torch_step = torch_reference.DannStep(local, cfg, cfg.train.steps,
                                         params=jax.device_get(state.params))
   torch_loss = torch_step.loss(0.0)
-  compiled = update.lower(state, cached, rng).compile()
-  cost = compiled.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
+  flops = flops_lib.cpu_flops(update, state, cached, rng)  # XLA's convs (custom calls count 0)
   box = {"state": state}
 
   def run(batches, n):
@@ -128,12 +133,23 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True) -> Runners:
     for _ in range(n):
       torch_step()
 
+  def traced_with_flag(run_fn):
+    """The step is traced at its first run; fast_ops.USE_ONEDNN is read then."""
+    def wrapped(n):
+      previous, fast_ops_lib.USE_ONEDNN = fast_ops_lib.USE_ONEDNN, onednn_convs
+      try:
+        run_fn(n)
+      finally:
+        fast_ops_lib.USE_ONEDNN = previous
+    return wrapped
+
   fed_batches, cached_batches = fed(), repeat()
+  convs = ("oneDNN convs" if onednn_convs and onednn.usable() else "XLA convs")
   return Runners(
       description=f"DANN LeNet digits, 128+128 28x28, SGD momentum, {dtype}, "
-                  f"{'mmjax fast_ops' if fast_ops else 'XLA conv + reduce_window'}",
-      jax=lambda n: run(cached_batches, n), flops=flops, torch=run_torch,
-      pipeline=lambda n: run(fed_batches, n),
+                  f"{'mmjax fast_ops, ' + convs if fast_ops else 'XLA conv + reduce_window'}",
+      jax=traced_with_flag(lambda n: run(cached_batches, n)), flops=flops, torch=run_torch,
+      pipeline=traced_with_flag(lambda n: run(fed_batches, n)),
       check={"jax_loss": jax_loss, "torch_loss": torch_loss,
              "loss_rtol": 1e-4 if dtype == "float32" else 2e-2,
              "state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state)})})
@@ -172,8 +188,7 @@ def _fusion_transformer(dtype: str = "float32") -> Runners:
       local["train"], cfg.optim.lr, params=jax.device_get(state.params), bf16=dtype == "bfloat16",
       width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=8, vocab_size=32)
   torch_loss = torch_step.loss()
-  cost = update.lower(state, cached, key).compile().cost_analysis()
-  flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
+  flops = flops_lib.cpu_flops(update, state, cached, key)
   box = {"state": state}
 
   def run(n):
@@ -200,6 +215,7 @@ ENTRIES = {
     "fusion_transformer": _fusion_transformer,
     "fusion_transformer_bf16": lambda: _fusion_transformer("bfloat16"),
     "dann_digits": _dann_digits,
+    "dann_digits_eigen": lambda: _dann_digits(onednn_convs=False),  # fast_ops, XLA's convs
     "dann_digits_xla_ops": lambda: _dann_digits(fast_ops=False),
     "dann_digits_bf16": lambda: _dann_digits(dtype="bfloat16"),
 }
@@ -274,6 +290,9 @@ def _machine() -> dict:
           "cores_used": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
           "jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version(),
           "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+          "onednn_convs": bool(fast_ops_lib.USE_ONEDNN and onednn.usable()),
+          "onednn_unavailable_reason": onednn.unavailable_reason(),
+          "malloc": runtime.configure_malloc(),
           "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 

@@ -6,15 +6,29 @@ matmuls alone are 12.9 TFLOP, 1.6 GFLOP for a MAML step XLA:CPU counts as 40.7),
 meaningless there. XLA:CPU lowers the same program to plain HLO dots and convolutions and counts
 them all; `cpu_flops` compiles a step for the host CPU from abstract arguments (nothing runs) and
 returns that count, whatever backend the step is meant for.
+
+Custom calls count zero there too, and on CPU mmjax's convolutions are oneDNN custom calls
+(mmjax.models.onednn). So the step is traced again with `fast_ops.USE_ONEDNN` off, XLA's
+convolutions in their place: the same math. JAX's trace caches are cleared around that trace (a
+cached trace would keep the custom calls), so the caller's next call traces and compiles afresh.
 """
 import jax
 
+from mmjax.models import fast_ops
+
 
 def cpu_flops(fn, *args) -> float:
-  """XLA:CPU's cost_analysis() FLOPs of jit(fn)(*args); args may live on any device."""
+  """XLA:CPU's cost_analysis() FLOPs of jit(fn)(*args) compiled with XLA's convolutions; args may
+  live on any device."""
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
-  cost = jax.jit(fn).lower(*abstract).compile().cost_analysis()
+  previous, fast_ops.USE_ONEDNN = fast_ops.USE_ONEDNN, False
+  jax.clear_caches()
+  try:
+    cost = jax.jit(fn).lower(*abstract).compile().cost_analysis()
+  finally:
+    fast_ops.USE_ONEDNN = previous
+    jax.clear_caches()
   return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 

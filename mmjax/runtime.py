@@ -16,15 +16,25 @@ fusions are still checked out of their pool (`object_pool.h: Check failed: avail
 num_created_`, from `OneDnnFusionThunk::~OneDnnFusionThunk`), which happened at the end of
 training runs and in the test suite. `tests/test_bench_tools.py` reproduces it in a few seconds.
 
+`configure_malloc()` keeps glibc's malloc from returning large blocks to the kernel. XLA:CPU
+allocates each executable's temporary buffer (67 MB for the DANN digits step) with posix_memalign
+at every run and frees it after; glibc serves blocks that large with mmap and munmap, so every step
+page-faults all of it in again (16,500 minor faults a step, about a third of the DANN step's time
+on the 2-core VM, 2026-11-28; benchmarks/README.md). With one arena, no mmap and a 2 GiB trim
+threshold (mallopt; MMJAX_MALLOC_DEFAULTS=0 turns it off) the block is reused from the heap. The
+cost: freed memory up to 2 GiB stays with the process instead of going back to the kernel.
+
 Each flag is left alone when the user already set it; none is added when MMJAX_XLA_CPU_DEFAULTS=0
 or for a jaxlib outside the versions it was checked on (an unknown flag would abort XLA at start).
 Flags only take effect when the backend is created, so import mmjax before running any JAX
 computation; `configure()` logs a warning otherwise. The settings touch only XLA:CPU: GPU and TPU
 compiles ignore them.
 """
+import ctypes
 import importlib.metadata
 import logging
 import os
+import platform
 import sys
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -63,3 +73,32 @@ def configure() -> list:
         "process: convolution steps on XLA:CPU may run ~2x slower (import mmjax first)",
         " ".join(added))
   return added
+
+
+# mallopt parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+MALLOC_SETTINGS = {"M_ARENA_MAX": (M_ARENA_MAX, 1), "M_MMAP_MAX": (M_MMAP_MAX, 0),
+                   "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, 2 ** 31 - 1)}
+_malloc_applied: dict = {}
+
+
+def configure_malloc() -> dict:
+  """Applies MALLOC_SETTINGS with glibc's mallopt (once); returns {name: value} of those applied.
+
+  Nothing on other C libraries, with MMJAX_MALLOC_DEFAULTS=0, or for a setting whose MALLOC_*_
+  environment variable the user set. Call it before JAX starts its thread pools (import mmjax
+  does), since M_ARENA_MAX only binds threads that have not allocated yet."""
+  if _malloc_applied or os.environ.get("MMJAX_MALLOC_DEFAULTS", "1") == "0":
+    return dict(_malloc_applied)
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    return {}
+  try:
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+  except (OSError, AttributeError):
+    return {}
+  for name, (param, value) in MALLOC_SETTINGS.items():
+    if f"MALLOC_{name[2:]}_" in os.environ:
+      continue
+    if mallopt(param, value) == 1:
+      _malloc_applied[name] = value
+  return dict(_malloc_applied)

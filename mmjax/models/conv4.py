@@ -1,6 +1,10 @@
 """The 4-layer convnet of few-shot learning (Vinyals et al. 2016; Finn et al. 2017, §5.2)."""
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
+
+from mmjax.models import fast_ops as ops
 
 from mmjax.models.norms import BatchStatsNorm
 
@@ -14,12 +18,15 @@ class Conv4(nn.Module):
 
   `pool="stride"` downsamples with stride-2 convs (MAML's Omniglot network: 28x28 -> 2x2x64 = 256
   features); `pool="max"` uses stride-1 convs and 2x2 max-pooling (MAML's MiniImagenet network and
-  the Vinyals et al. one; 28x28 -> 1x1x64). Returns {"features", "logits"}.
+  the Vinyals et al. one; 28x28 -> 1x1x64). Returns {"features", "logits"}. `fast_ops` runs the
+  convs through `mmjax.models.fast_ops` (oneDNN on CPU when available; the same params and math,
+  derivatives of every order).
   """
   num_classes: int = 5
   width: int = 64
   pool: str = "stride"
   dtype: jnp.dtype = jnp.float32
+  fast_ops: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -28,10 +35,13 @@ class Conv4(nn.Module):
       raise ValueError(f"Conv4.pool={self.pool!r}; use 'stride' or 'max'")
     stride = 2 if self.pool == "stride" else 1
     x = x.astype(self.dtype)
+    conv = (functools.partial(nn.Conv, conv_general_dilated=ops.conv_general_dilated)
+            if self.fast_ops else nn.Conv)
     for i in range(4):
-      x = nn.Conv(self.width, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
+      x = conv(self.width, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
                   name=f"conv{i + 1}")(x)
-      x = nn.relu(BatchStatsNorm(epsilon=MAML_NORM_EPSILON, dtype=self.dtype, name=f"norm{i + 1}")(x))
+      x = nn.relu(BatchStatsNorm(epsilon=MAML_NORM_EPSILON, dtype=self.dtype,
+                                 name=f"norm{i + 1}")(x))
       if self.pool == "max":
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     features = x.reshape(x.shape[0], -1)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mmjax.models import onednn
+
 # Input channels up to which the matmul weight gradient is used; 0 turns it off. First measured
 # (2026-11-26, one core, 256 images, 5x5 kernels, XLA's convs in YNNPACK): 1 channel 7x faster than
 # XLA's, 3 channels no faster, 32 channels 1.6x slower. Since mmjax.runtime keeps convolutions in
@@ -26,6 +28,9 @@ from jax import lax
 # it is off by default.
 MATMUL_GRAD_MAX_CHANNELS = 0
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# Whether float32 NHWC convs go to oneDNN's custom calls on CPU (mmjax.models.onednn; XLA's conv on
+# GPU and TPU). DANN digits step, 2-core AVX-512 VM, 2026-11-28: see benchmarks/README.md.
+USE_ONEDNN = True
 
 
 def max_pool(x, window: tuple[int, int]):
@@ -115,7 +120,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated` (the signature nn.Conv's `conv_general_dilated` hook calls) that
-  runs stride-1 2-D NHWC convs of at most MATMUL_GRAD_MAX_CHANNELS input channels as
+  runs float32 2-D NHWC convs on oneDNN when lowered for CPU (`mmjax.models.onednn`, if
+  USE_ONEDNN and it is usable), otherwise stride-1 2-D NHWC convs of at most
+  MATMUL_GRAD_MAX_CHANNELS input channels as
   `conv_valid` after explicit padding, and unpadded convs with stride equal to their kernel size
   (patch embeddings) as `patch_conv`; every other conv is lax's."""
   plain = preferred_element_type is None and _is_nhwc_undilated(
@@ -125,6 +132,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
       lo or hi for lo, hi in padding)
   if plain and unpadded and tuple(window_strides) == tuple(rhs.shape[:2]):
     return patch_conv(lhs, rhs, precision)
+  if plain and USE_ONEDNN and onednn.supports(lhs, rhs, preferred_element_type):
+    return onednn.conv(lhs, rhs, window_strides, padding, precision=precision)
   if (not plain or lhs.shape[3] > MATMUL_GRAD_MAX_CHANNELS
       or tuple(window_strides) != (1, 1)):
     return lax.conv_general_dilated(

@@ -1,0 +1,219 @@
+// 2-D float32 convolutions (NHWC input/output, HWIO kernel) on oneDNN, as XLA FFI custom calls.
+//
+// Three handlers, the forward convolution and its two gradients:
+//   mmjax_conv_fwd(x[N,H,W,C], w[KH,KW,C,O]) -> y[N,OH,OW,O]
+//   mmjax_conv_bwd_data(dy[N,OH,OW,O], w) -> dx[N,H,W,C]        (shape from the result)
+//   mmjax_conv_bwd_weights(x, dy) -> dw[KH,KW,C,O]               (shape from the result)
+// Leading dimensions before the last four (vmap's) index independent convolutions; an operand
+// whose leading size is 1 is shared by all of them.
+// Attributes: strides (sh, sw), padding (pt, pb, pl, pr), kernel dilation (dh, dw; 1 = none).
+// Built at first use by mmjax/models/onednn.py; primitives are cached per shape and attribute set.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Logical shapes in oneDNN's order: src {N, C, H, W}, weights {O, C, KH, KW}, dst {N, O, OH, OW}.
+struct Key {
+  int kind;
+  std::vector<int64_t> v;
+  bool operator<(const Key& o) const { return std::tie(kind, v) < std::tie(o.kind, o.v); }
+};
+
+struct Geometry {
+  memory::dims src, wei, dst, strides, dil, padl, padr;
+};
+
+struct Prim {
+  dnnl::primitive prim;
+  memory::desc src, wei, dst;          // descs the primitive uses (weights may be blocked)
+  memory::desc user_wei;               // HWIO
+  bool reorder_wei;                    // whether weights (or their gradient) need a reorder
+  dnnl::reorder wei_reorder;           // user -> primitive (fwd, bwd_data) or primitive -> user
+};
+
+std::mutex cache_mutex;
+std::map<Key, std::shared_ptr<Prim>>& Cache() {
+  static auto* cache = new std::map<Key, std::shared_ptr<Prim>>();
+  return *cache;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g) {
+  memory::desc src(g.src, dt::f32, tag::nhwc), dst(g.dst, dt::f32, tag::nhwc);
+  memory::desc wei(g.wei, dt::f32, tag::any);
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei,
+      dst, g.strides, g.dil, g.padl, g.padr);
+}
+
+std::shared_ptr<Prim> Get(int kind, const Geometry& g) {
+  Key key{kind, {}};
+  for (const auto* d : {&g.src, &g.wei, &g.dst, &g.strides, &g.dil, &g.padl, &g.padr})
+    key.v.insert(key.v.end(), d->begin(), d->end());
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = Cache().find(key);
+  if (it != Cache().end()) return it->second;
+  auto p = std::make_shared<Prim>();
+  p->user_wei = memory::desc(g.wei, dt::f32, tag::hwio);
+  auto fwd = ForwardPd(g);
+  if (kind == 0) {
+    p->prim = dnnl::convolution_forward(fwd);
+    p->src = fwd.src_desc(); p->wei = fwd.weights_desc(); p->dst = fwd.dst_desc();
+  } else if (kind == 1) {
+    memory::desc dsrc(g.src, dt::f32, tag::nhwc), ddst(g.dst, dt::f32, tag::nhwc);
+    memory::desc wei(g.wei, dt::f32, tag::any);
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, dsrc, wei, ddst, g.strides, g.dil, g.padl,
+        g.padr, fwd);
+    p->prim = dnnl::convolution_backward_data(pd);
+    p->src = pd.diff_src_desc(); p->wei = pd.weights_desc(); p->dst = pd.diff_dst_desc();
+  } else {
+    memory::desc src(g.src, dt::f32, tag::nhwc), ddst(g.dst, dt::f32, tag::nhwc);
+    memory::desc dwei(g.wei, dt::f32, tag::any);
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, src, dwei, ddst, g.strides, g.dil, g.padl,
+        g.padr, fwd);
+    p->prim = dnnl::convolution_backward_weights(pd);
+    p->src = pd.src_desc(); p->wei = pd.diff_weights_desc(); p->dst = pd.diff_dst_desc();
+  }
+  p->reorder_wei = p->wei != p->user_wei;
+  if (p->reorder_wei) {
+    auto a = memory(kind == 2 ? p->wei : p->user_wei, Engine(), DNNL_MEMORY_NONE);
+    auto b = memory(kind == 2 ? p->user_wei : p->wei, Engine(), DNNL_MEMORY_NONE);
+    p->wei_reorder = dnnl::reorder(a, b);
+  }
+  Cache()[key] = p;
+  return p;
+}
+
+Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                      ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                      int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  // The last four dimensions; leading ones (from vmap) are a batch of independent convolutions.
+  const size_t a = x.size() - 4, b = w.size() - 4, c = y.size() - 4;
+  Geometry g;
+  g.src = {x[a], x[a + 3], x[a + 1], x[a + 2]};
+  g.wei = {w[b + 3], w[b + 2], w[b], w[b + 1]};
+  g.dst = {y[c], y[c + 3], y[c + 1], y[c + 2]};
+  g.strides = {sh, sw};
+  g.dil = {dh - 1, dw - 1};
+  g.padl = {pt, pl};
+  g.padr = {pb, pr};
+  return g;
+}
+
+int64_t Leading(ffi::Span<const int64_t> d) {
+  int64_t n = 1;
+  for (size_t i = 0; i + 4 < d.size(); ++i) n *= d[i];
+  return n;
+}
+
+int64_t Product(const memory::dims& d) {
+  int64_t n = 1;
+  for (auto v : d) n *= v;
+  return n;
+}
+
+thread_local std::unique_ptr<dnnl::stream> tls_stream;
+dnnl::stream& Stream() {
+  if (!tls_stream) tls_stream = std::make_unique<dnnl::stream>(Engine());
+  return *tls_stream;
+}
+
+// Runs `batch` convolutions of one geometry; each operand has `batch` or 1 slices (1: shared).
+ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t src_n, float* wei,
+               int64_t wei_n, float* dst, int64_t dst_n) {
+  try {
+    auto p = Get(kind, g);
+    auto& s = Stream();
+    const int64_t src_size = Product(g.src), wei_size = Product(g.wei), dst_size = Product(g.dst);
+    memory wei_m;
+    if (p->reorder_wei) wei_m = memory(p->wei, Engine());  // library-allocated blocked weights
+    for (int64_t i = 0; i < batch; ++i) {
+      float* src_i = src + (src_n == 1 ? 0 : i * src_size);
+      float* wei_i = wei + (wei_n == 1 ? 0 : i * wei_size);
+      float* dst_i = dst + (dst_n == 1 ? 0 : i * dst_size);
+      memory src_m(p->src, Engine(), src_i), dst_m(p->dst, Engine(), dst_i);
+      memory user_wei(p->user_wei, Engine(), wei_i);
+      if (!p->reorder_wei) {
+        wei_m = user_wei;
+      } else if (kind != 2 && (i == 0 || wei_n != 1)) {
+        p->wei_reorder.execute(s, user_wei, wei_m);
+      }
+      if (kind == 0) {
+        p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
+                            {DNNL_ARG_DST, dst_m}});
+      } else if (kind == 1) {
+        p->prim.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
+                            {DNNL_ARG_DIFF_DST, dst_m}});
+      } else {
+        p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_m},
+                            {DNNL_ARG_DIFF_DST, dst_m}});
+        if (p->reorder_wei) p->wei_reorder.execute(s, wei_m, user_wei);
+      }
+    }
+    s.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                   int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr,
+                        dh, dw);
+  return Run(0, g, Leading(y->dimensions()), x.typed_data(), Leading(x.dimensions()),
+             w.typed_data(), Leading(w.dimensions()), y->typed_data(), Leading(y->dimensions()));
+}
+
+ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
+                       int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr,
+                        dh, dw);
+  return Run(1, g, Leading(dx->dimensions()), dx->typed_data(), Leading(dx->dimensions()),
+             w.typed_data(), Leading(w.dimensions()), dy.typed_data(), Leading(dy.dimensions()));
+}
+
+ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw_out, int64_t sh, int64_t sw, int64_t pt,
+                          int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  auto g = MakeGeometry(x.dimensions(), dw_out->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
+                        pr, dh, dw);
+  return Run(2, g, Leading(dw_out->dimensions()), x.typed_data(), Leading(x.dimensions()),
+             dw_out->typed_data(), Leading(dw_out->dimensions()), dy.typed_data(),
+             Leading(dy.dimensions()));
+}
+
+}  // namespace
+
+#define MMJAX_CONV_BINDING                                                     \
+  ffi::Ffi::Bind()                                                                         \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                        \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                        \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                        \
+      .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pt").Attr<int64_t>("pb")     \
+      .Attr<int64_t>("pl").Attr<int64_t>("pr").Attr<int64_t>("dh").Attr<int64_t>("dw")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxConvFwd, ConvFwd, MMJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxConvBwdData, ConvBwdData, MMJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxConvBwdWeights, ConvBwdWeights, MMJAX_CONV_BINDING);

@@ -1,0 +1,249 @@
+"""oneDNN convolutions (mmjax.models.onednn): values and derivatives of every order against XLA's
+convolution, vmap, platform lowering, meshes, the fallback when they cannot be built, and the
+malloc settings of mmjax.runtime. The `_check_*` functions need a process with one device and run
+in a subprocess (test_on_one_device_...)."""
+import functools
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mmjax import runtime
+from mmjax.models import Conv4, LeNet, fast_ops, onednn
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import flops  # noqa: E402  (benchmarks/flops.py)
+
+# (batch, size, in channels, out channels, kernel, strides, padding, kernel dilation)
+GEOMETRIES = [
+    (4, 12, 3, 5, 5, (1, 1), "VALID", (1, 1)),          # LeNet's conv2, small
+    (3, 9, 2, 4, 3, (2, 2), "SAME", (1, 1)),            # conv4's stride-2 SAME conv
+    (2, 11, 3, 4, 3, (2, 1), ((2, 1), (0, 1)), (1, 1)),  # uneven strides and padding
+    (2, 10, 1, 4, 3, (1, 1), "SAME", (2, 2)),           # one input channel, dilated kernel
+]
+
+
+def _xla(x, w, strides, padding, dilation):
+  return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  precision=lax.Precision.HIGHEST)
+
+
+def _close(got, want, rtol=2e-5):
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=rtol * scale)
+
+
+def _check_onednn_is_built_and_used():
+  assert onednn.available(), onednn.unavailable_reason()
+  text = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), "VALID")).lower(
+      jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))).as_text()
+  assert "mmjax_onednn_conv_fwd" in text and "convolution" not in text
+
+
+def _check_values_and_derivatives_of_every_order_match_xla(geometry):
+  n, size, c, o, k, strides, padding, dilation = geometry
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, size, size, c)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, c, o)), jnp.float32)
+  fast = functools.partial(onednn.conv, strides=strides, padding=padding, dilation=dilation)
+  plain = functools.partial(_xla, strides=strides, padding=padding, dilation=dilation)
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+  # MAML-style second order: the gradient of a function of the first gradients.
+  meta = lambda conv: lambda x, w: sum(  # noqa: E731
+      jnp.sum(g ** 2) for g in jax.grad(loss(conv), (0, 1))(x, w))
+  _close(jax.jit(fast)(x, w), plain(x, w))
+  grads = jax.jit(jax.grad(loss(fast), (0, 1)))(x, w), jax.grad(loss(plain), (0, 1))(x, w)
+  for got, want in zip(*grads):
+    _close(got, want)
+  metas = jax.jit(jax.grad(meta(fast), (0, 1)))(x, w), jax.grad(meta(plain), (0, 1))(x, w)
+  for got, want in zip(*metas):
+    _close(got, want, rtol=1e-4)
+  # vmap: a batch of kernels over one input (per-task weights), and both batched.
+  ws = jnp.stack([w, -2 * w, w + 0.5])
+  xs = jnp.stack([x, 0.5 * x, x - 1])
+  _close(jax.jit(jax.vmap(fast, (None, 0)))(x, ws), jax.vmap(plain, (None, 0))(x, ws))
+  _close(jax.jit(jax.vmap(fast))(xs, ws), jax.vmap(plain)(xs, ws))
+  for got, want in zip(jax.jit(jax.vmap(jax.grad(loss(fast), (0, 1)), (None, 0)))(x, ws),
+                       jax.vmap(jax.grad(loss(plain), (0, 1)), (None, 0))(x, ws)):
+    _close(got, want)
+
+
+def test_other_platforms_lower_to_xla_convolutions():
+  fn = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), "SAME"))
+  args = (jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32),
+          jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32))
+  for platform in ("cuda", "tpu"):
+    text = jax.export.export(fn, platforms=[platform])(*args).mlir_module()
+    assert "convolution" in text and "mmjax_onednn" not in text, platform
+
+
+def _check_models_with_onednn_convs_match_their_xla_versions():
+  """LeNet and conv4 keep their params and math: outputs and param gradients equal to the same
+  models with XLA's convs (fast_ops.USE_ONEDNN off)."""
+  rng = np.random.default_rng(1)
+  for model, shape in ((LeNet(num_classes=10), (8, 28, 28, 1)),
+                       (Conv4(num_classes=5), (5, 28, 28, 1))):
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+
+    def make_loss():  # a new function each time: jit's trace cache does not see USE_ONEDNN
+      return lambda params: jnp.sum(
+          jax.nn.log_softmax(model.apply({"params": params}, x)["logits"])[:, 0])
+
+    assert "mmjax_onednn" in jax.jit(make_loss()).lower(params).as_text()
+    fast_value, fast_grad = jax.jit(jax.value_and_grad(make_loss()))(params)
+    previous, fast_ops.USE_ONEDNN = fast_ops.USE_ONEDNN, False
+    try:
+      assert "mmjax_onednn" not in jax.jit(make_loss()).lower(params).as_text()
+      plain_value, plain_grad = jax.jit(jax.value_and_grad(make_loss()))(params)
+    finally:
+      fast_ops.USE_ONEDNN = previous
+    np.testing.assert_allclose(fast_value, plain_value, rtol=1e-5)
+    # Tolerance on the largest gradient: conv4's conv biases, followed by batch norm, have
+    # gradients that are zero up to rounding.
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(plain_grad))
+    for got, want in zip(jax.tree.leaves(fast_grad), jax.tree.leaves(plain_grad)):
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
+
+
+def _check_flop_count_includes_the_onednn_convolutions():
+  """cost_analysis() counts a custom call as nothing; benchmarks/flops.cpu_flops counts the step
+  with XLA's convs: the convolution's 2 * N * OH * OW * O * C * KH * KW plus the sum."""
+  x, w = jnp.ones((4, 12, 12, 3)), jnp.ones((5, 5, 3, 8))
+  fn = lambda x, w: jnp.sum(fast_ops.conv_general_dilated(  # noqa: E731
+      x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  conv_flops = 2 * 4 * 8 * 8 * 8 * 3 * 5 * 5
+  cost = jax.jit(fn).lower(x, w).compile().cost_analysis()
+  assert float((cost[0] if isinstance(cost, list) else cost)["flops"]) < conv_flops / 10
+  assert conv_flops <= flops.cpu_flops(fn, x, w) <= conv_flops * 1.01
+  assert "mmjax_onednn" in jax.jit(fn).lower(x, w).as_text()  # the caches were cleared after
+
+
+SINGLE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def test_on_one_device_values_derivatives_models_and_flops_match_xla(tmp_path):
+  """The checks above, in a process with one CPU device (this one has 4, where `conv` keeps
+  XLA's conv: see test_on_a_mesh_of_devices_convolutions_stay_xla_and_correct)."""
+  code = """
+      import sys
+      sys.path.insert(0, "tests")
+      import jax
+      import test_onednn as t
+      assert jax.device_count() == 1
+      t._check_onednn_is_built_and_used()
+      for geometry in t.GEOMETRIES:
+        t._check_values_and_derivatives_of_every_order_match_xla(geometry)
+      t._check_models_with_onednn_convs_match_their_xla_versions()
+      t._check_flop_count_includes_the_onednn_convolutions()
+      print("CHECKED", 3 + len(t.GEOMETRIES))
+  """
+  out = _python(code, SINGLE_DEVICE, tmp_path)
+  assert out.returncode == 0 and f"CHECKED {3 + len(GEOMETRIES)}" in out.stdout, (
+      out.stdout[-2000:] + out.stderr[-4000:])
+
+
+def test_on_a_mesh_of_devices_convolutions_stay_xla_and_correct():
+  """Sharded over this process's 4 devices, the custom calls (no partitioning rule) gave wrong
+  weight gradients; `conv` keeps XLA's conv there, with the reference's gradient."""
+  assert jax.device_count() == 4
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 12, 12, 3)), jnp.float32)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(5, 5, 3, 4)), jnp.float32)
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(onednn.conv(x, w, (1, 1), "VALID"))), 1))
+  text = grad.lower(jax.device_put(x, shard), w).as_text()
+  assert "mmjax_onednn" not in text
+  want = jax.grad(lambda x, w: jnp.sum(jnp.sin(_xla(x, w, (1, 1), "VALID", (1, 1)))), 1)(x, w)
+  _close(grad(jax.device_put(x, shard), w), want)
+
+
+def _python(code, env_update, tmp_path):
+  env = {**os.environ, **env_update}
+  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                        text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_without_onednn_the_convolutions_fall_back_to_xla(tmp_path):
+  """A oneDNN that cannot be found (or MMJAX_ONEDNN=0) leaves XLA's conv in place, with the reason
+  (one device, where oneDNN would otherwise be used)."""
+  code = """
+      import jax, jax.numpy as jnp
+      from mmjax.models import LeNet, onednn
+      x = jnp.ones((2, 28, 28, 1))
+      model = LeNet(num_classes=10)
+      params = model.init(jax.random.PRNGKey(0), x)
+      text = jax.jit(model.apply).lower(params, x).as_text()
+      print("AVAILABLE", onednn.available(), "CUSTOM", "mmjax_onednn" in text,
+            "CONV", "convolution" in text)
+      print("REASON", onednn.unavailable_reason())
+  """
+  missing = _python(code, {**SINGLE_DEVICE, "MMJAX_ONEDNN_ROOT": str(tmp_path / "nowhere"),
+                           "MMJAX_EXT_CACHE": str(tmp_path / "ext")}, tmp_path)
+  assert missing.returncode == 0, missing.stderr[-2000:]
+  assert "AVAILABLE False CUSTOM False CONV True" in missing.stdout
+  assert "nowhere" in missing.stdout  # the reason names what was not found
+  off = _python(code, {**SINGLE_DEVICE, "MMJAX_ONEDNN": "0"}, tmp_path)
+  assert off.returncode == 0, off.stderr[-2000:]
+  assert "AVAILABLE False CUSTOM False CONV True" in off.stdout
+  assert "REASON MMJAX_ONEDNN=0" in off.stdout
+
+
+def test_two_processes_building_the_extension_at_once_both_get_it(tmp_path):
+  code = """
+      import os, time
+      from mmjax.models import onednn
+      while not os.path.exists(os.environ["GO"]):
+        time.sleep(0.01)
+      print("AVAILABLE", onednn.available(), onednn.unavailable_reason())
+  """
+  env = {"MMJAX_EXT_CACHE": str(tmp_path / "ext"), "GO": str(tmp_path / "go")}
+  procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            env={**os.environ, **env}, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  (tmp_path / "go").touch()
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0 and "AVAILABLE True None" in out, err[-2000:]
+  assert len(list((tmp_path / "ext").glob("*.so"))) == 1
+
+
+def test_malloc_settings_stop_per_step_page_faults(tmp_path):
+  """XLA:CPU allocates an executable's temporary buffer at every run; without mmjax's malloc
+  settings glibc maps it fresh each time and every page faults in again."""
+  code = """
+      import resource
+      import mmjax, jax, jax.numpy as jnp
+      from mmjax import runtime
+      # two 32 MiB temporaries: above glibc's largest mmap threshold
+      f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) * jnp.cumsum(x[::-1], axis=1)))
+      x = jnp.ones((4096, 2048))
+      for _ in range(3):
+        f(x).block_until_ready()
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      for _ in range(10):
+        f(x).block_until_ready()
+      print("FAULTS", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+      print("APPLIED", sorted(runtime.configure_malloc()))
+  """
+  faults = {}
+  for setting in ("1", "0"):
+    out = _python(code, {"MMJAX_MALLOC_DEFAULTS": setting}, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    faults[setting] = float(out.stdout.split("FAULTS")[1].split()[0])
+    applied = out.stdout.split("APPLIED")[1].strip()
+    assert applied == (str(sorted(runtime.MALLOC_SETTINGS)) if setting == "1" else "[]")
+  pages = 32 * 2 ** 20 / 4096  # at least one 32 MiB temporary faulted in a run
+  assert faults["0"] >= pages, faults
+  # Some faults remain with the settings (0 to 5,100 a run here, with no mmap, munmap or brk
+  # between runs under strace): the kernel's, not malloc's.
+  assert faults["1"] < faults["0"] / 3, faults
