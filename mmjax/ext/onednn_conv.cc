@@ -138,8 +138,15 @@ dnnl::stream& Stream() {
 }
 
 // Runs `batch` convolutions of one geometry; each operand has `batch` or 1 slices (1: shared).
+// XLA:CPU runs independent thunks on several threads at once. Two oneDNN calls from two of them
+// make two OpenMP teams on the same cores, and a oneDNN kernel then waited forever at its own
+// spin barrier (seen in a sweep of 4 LeNet runs; 2-core VM, oneDNN 3.2, GNU OpenMP). Each call
+// already uses every core, so they run one at a time.
+std::mutex execute_mutex;
+
 ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t src_n, float* wei,
                int64_t wei_n, float* dst, int64_t dst_n) {
+  std::lock_guard<std::mutex> lock(execute_mutex);
   try {
     auto p = Get(kind, g);
     auto& s = Stream();

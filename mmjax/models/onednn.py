@@ -26,7 +26,6 @@ import pathlib
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import jax
@@ -85,11 +84,11 @@ def _build() -> pathlib.Path:
                                       pathlib.Path.home() / ".cache" / "mmjax" / "ext"))
   cache.mkdir(parents=True, exist_ok=True)
   target = cache / f"onednn_conv_{digest.hexdigest()[:16]}.so"
-  if target.exists():
+  if _intact(target):
     return target
   with open(cache / ".build.lock", "w") as lock:  # one process builds, the others wait for it
     fcntl.flock(lock, fcntl.LOCK_EX)
-    if target.exists():
+    if _intact(target):
       return target
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
       out = pathlib.Path(tmp) / target.name
@@ -100,8 +99,25 @@ def _build() -> pathlib.Path:
       if proc.returncode:
         raise RuntimeError(f"building the oneDNN convolutions failed:\n{' '.join(cmd)}\n"
                            f"{proc.stderr[-3000:]}")
+      checksum = pathlib.Path(tmp) / "checksum"
+      checksum.write_text(hashlib.sha256(out.read_bytes()).hexdigest())
       os.replace(out, target)
+      os.replace(checksum, _checksum_path(target))
   return target
+
+
+def _checksum_path(library: pathlib.Path) -> pathlib.Path:
+  return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: pathlib.Path) -> bool:
+  """Whether a cached build exists and matches the checksum written with it. Loading a truncated
+  or overwritten library can kill the process (SIGBUS), so a mismatch means: build again."""
+  try:
+    return (hashlib.sha256(library.read_bytes()).hexdigest()
+            == _checksum_path(library).read_text().strip())
+  except OSError:
+    return False
 
 
 def available() -> bool:
