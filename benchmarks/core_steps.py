@@ -134,13 +134,12 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
       torch_step()
 
   def traced_with_flag(run_fn):
-    """The step is traced at its first run; fast_ops.USE_ONEDNN is read then."""
+    """The step is traced at its first run; fast_ops.USE_ONEDNN is read then. This entry's
+    step function is its own and runs only here, so no cache clearing is needed (and clearing
+    would recompile it at every timed run)."""
     def wrapped(n):
-      previous, fast_ops_lib.USE_ONEDNN = fast_ops_lib.USE_ONEDNN, onednn_convs
-      try:
+      with fast_ops_lib.onednn_convs(onednn_convs, clear_caches=False):
         run_fn(n)
-      finally:
-        fast_ops_lib.USE_ONEDNN = previous
     return wrapped
 
   fed_batches, cached_batches = fed(), repeat()

@@ -9,8 +9,9 @@ returns that count, whatever backend the step is meant for.
 
 Custom calls count zero there too, and on CPU mmjax's convolutions are oneDNN custom calls
 (mmjax.models.onednn). So the step is traced again with `fast_ops.USE_ONEDNN` off, XLA's
-convolutions in their place: the same math. JAX's trace caches are cleared around that trace (a
-cached trace would keep the custom calls), so the caller's next call traces and compiles afresh.
+convolutions in their place: the same math. `fast_ops.onednn_convs(False)` clears JAX's trace
+caches around that trace (a cached trace would keep the custom calls), so the caller's next call
+traces and compiles afresh.
 """
 import jax
 
@@ -22,13 +23,8 @@ def cpu_flops(fn, *args) -> float:
   live on any device."""
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
-  previous, fast_ops.USE_ONEDNN = fast_ops.USE_ONEDNN, False
-  jax.clear_caches()
-  try:
+  with fast_ops.onednn_convs(False):
     cost = jax.jit(fn).lower(*abstract).compile().cost_analysis()
-  finally:
-    fast_ops.USE_ONEDNN = previous
-    jax.clear_caches()
   return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 

@@ -94,18 +94,16 @@ def _check_models_with_onednn_convs_match_their_xla_versions():
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     params = model.init(jax.random.PRNGKey(0), x)["params"]
 
-    def make_loss():  # a new function each time: jit's trace cache does not see USE_ONEDNN
-      return lambda params: jnp.sum(
-          jax.nn.log_softmax(model.apply({"params": params}, x)["logits"])[:, 0])
+    def loss(params):
+      return jnp.sum(jax.nn.log_softmax(model.apply({"params": params}, x)["logits"])[:, 0])
 
-    assert "mmjax_onednn" in jax.jit(make_loss()).lower(params).as_text()
-    fast_value, fast_grad = jax.jit(jax.value_and_grad(make_loss()))(params)
-    previous, fast_ops.USE_ONEDNN = fast_ops.USE_ONEDNN, False
-    try:
-      assert "mmjax_onednn" not in jax.jit(make_loss()).lower(params).as_text()
-      plain_value, plain_grad = jax.jit(jax.value_and_grad(make_loss()))(params)
-    finally:
-      fast_ops.USE_ONEDNN = previous
+    assert "mmjax_onednn" in jax.jit(loss).lower(params).as_text()
+    fast_value, fast_grad = jax.jit(jax.value_and_grad(loss))(params)
+    with fast_ops.onednn_convs(False):
+      assert "mmjax_onednn" not in jax.jit(loss).lower(params).as_text()
+      plain_value, plain_grad = jax.jit(jax.value_and_grad(loss))(params)
+    # Leaving the block clears the trace caches again: the same function is back on oneDNN.
+    assert "mmjax_onednn" in jax.jit(loss).lower(params).as_text()
     np.testing.assert_allclose(fast_value, plain_value, rtol=1e-5)
     # Tolerance on the largest gradient: conv4's conv biases, followed by batch norm, have
     # gradients that are zero up to rounding.
@@ -130,7 +128,7 @@ def _check_flop_count_includes_the_onednn_convolutions():
 SINGLE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
-def test_on_one_device_values_derivatives_models_and_flops_match_xla(tmp_path):
+def test_on_one_device_values_derivatives_models_and_flops_match_xla():
   """The checks above, in a process with one CPU device (this one has 4, where `conv` keeps
   XLA's conv: see test_on_a_mesh_of_devices_convolutions_stay_xla_and_correct)."""
   code = """
@@ -146,7 +144,7 @@ def test_on_one_device_values_derivatives_models_and_flops_match_xla(tmp_path):
       t._check_flop_count_includes_the_onednn_convolutions()
       print("CHECKED", 3 + len(t.GEOMETRIES))
   """
-  out = _python(code, SINGLE_DEVICE, tmp_path)
+  out = _python(code, SINGLE_DEVICE)
   assert out.returncode == 0 and f"CHECKED {3 + len(GEOMETRIES)}" in out.stdout, (
       out.stdout[-2000:] + out.stderr[-4000:])
 
@@ -166,13 +164,13 @@ def test_on_a_mesh_of_devices_convolutions_stay_xla_and_correct():
   _close(grad(jax.device_put(x, shard), w), want)
 
 
-def _python(code, env_update, tmp_path, timeout=300):
+def _python(code, env_update, timeout=300):
   env = {**os.environ, **env_update}
   return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                         text=True, env=env, cwd=REPO, timeout=timeout)
 
 
-def test_independent_convolutions_in_one_program_neither_deadlock_nor_differ(tmp_path):
+def test_independent_convolutions_in_one_program_neither_deadlock_nor_differ():
   """XLA:CPU runs independent convs (a sweep's runs, say) on several threads at once. Without the
   lock in onednn_conv.cc this program hung in 2 of 2 tries (a oneDNN kernel spinning at its
   barrier, two OpenMP teams on 2 cores); 30 steps take under a second with it."""
@@ -195,7 +193,7 @@ def test_independent_convolutions_in_one_program_neither_deadlock_nor_differ(tmp
                           for a, b in zip(got, want)))
   """
   try:
-    out = _python(code, SINGLE_DEVICE, tmp_path, timeout=120)
+    out = _python(code, SINGLE_DEVICE, timeout=120)
   except subprocess.TimeoutExpired:
     raise AssertionError("4 independent oneDNN convs in one program did not finish in 120 s")
   assert out.returncode == 0, out.stderr[-3000:]
@@ -217,11 +215,11 @@ def test_without_onednn_the_convolutions_fall_back_to_xla(tmp_path):
       print("REASON", onednn.unavailable_reason())
   """
   missing = _python(code, {**SINGLE_DEVICE, "MMJAX_ONEDNN_ROOT": str(tmp_path / "nowhere"),
-                           "MMJAX_EXT_CACHE": str(tmp_path / "ext")}, tmp_path)
+                           "MMJAX_EXT_CACHE": str(tmp_path / "ext")})
   assert missing.returncode == 0, missing.stderr[-2000:]
   assert "AVAILABLE False CUSTOM False CONV True" in missing.stdout
   assert "nowhere" in missing.stdout  # the reason names what was not found
-  off = _python(code, {**SINGLE_DEVICE, "MMJAX_ONEDNN": "0"}, tmp_path)
+  off = _python(code, {**SINGLE_DEVICE, "MMJAX_ONEDNN": "0"})
   assert off.returncode == 0, off.stderr[-2000:]
   assert "AVAILABLE False CUSTOM False CONV True" in off.stdout
   assert "REASON MMJAX_ONEDNN=0" in off.stdout
@@ -248,12 +246,12 @@ def test_two_processes_building_the_extension_at_once_both_get_it(tmp_path):
   assert len(built) == 1
   # A corrupt cached library (a truncated file, say) is rebuilt: loading it would kill the process.
   built[0].write_bytes(built[0].read_bytes()[:1000])
-  out = _python(code, env, tmp_path)  # (the "go" file exists by now)
+  out = _python(code, env)  # (the "go" file exists by now)
   assert out.returncode == 0 and "AVAILABLE True None" in out.stdout, out.stderr[-2000:]
   assert built[0].stat().st_size > 1000
 
 
-def test_malloc_settings_stop_per_step_page_faults(tmp_path):
+def test_malloc_settings_stop_per_step_page_faults():
   """XLA:CPU allocates an executable's temporary buffer at every run; without mmjax's malloc
   settings glibc maps it fresh each time and every page faults in again."""
   code = """
@@ -276,7 +274,7 @@ def test_malloc_settings_stop_per_step_page_faults(tmp_path):
   """
   faults = {}
   for setting in ("1", "0"):
-    out = _python(code, {"MMJAX_MALLOC_DEFAULTS": setting}, tmp_path)
+    out = _python(code, {"MMJAX_MALLOC_DEFAULTS": setting})
     assert out.returncode == 0, out.stderr[-2000:]
     faults[setting] = float(out.stdout.split("FAULTS")[1].split()[0])
     applied = out.stdout.split("APPLIED")[1].strip()

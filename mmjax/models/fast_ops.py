@@ -12,6 +12,7 @@ embedding) is a reshape and one matmul (`patch_conv`).
 Use `conv_general_dilated` as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: params,
 their names and initialisation stay nn.Conv's, so checkpoints and configs are unaffected.
 """
+import contextlib
 import functools
 
 import jax
@@ -31,6 +32,31 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # Whether float32 NHWC convs go to oneDNN's custom calls on CPU (mmjax.models.onednn; XLA's conv on
 # GPU and TPU). DANN digits step, 2-core AVX-512 VM, 2026-11-28: see benchmarks/README.md.
 USE_ONEDNN = True
+
+
+@contextlib.contextmanager
+def onednn_convs(enabled: bool, clear_caches: bool = True):
+  """Sets USE_ONEDNN inside the block, e.g. `with onednn_convs(False):` for XLA's convolutions.
+
+  USE_ONEDNN is read when a function is traced, and JAX's trace caches do not key on it: a
+  function traced before the block would keep its old convolutions inside it, and one traced
+  inside would keep the block's after it. So by default JAX's caches are cleared when the block
+  changes the setting, on entering and on leaving: everything jitted is traced and compiled again
+  at its next call (XLA's persistent compilation cache, where enabled, still serves the compiles).
+  `clear_caches=False` is for a caller whose functions are traced only inside such blocks (a
+  benchmark's own step functions), so that its compiled steps survive from one block to the next."""
+  global USE_ONEDNN
+  previous = USE_ONEDNN
+  changed = clear_caches and bool(enabled) != bool(previous)
+  if changed:
+    jax.clear_caches()
+  USE_ONEDNN = bool(enabled)
+  try:
+    yield
+  finally:
+    USE_ONEDNN = previous
+    if changed:
+      jax.clear_caches()
 
 
 def max_pool(x, window: tuple[int, int]):
