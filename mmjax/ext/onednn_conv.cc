@@ -30,6 +30,21 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// Every primitive and reorder takes its scratchpad from the caller (a fresh buffer per call), the
+// mode oneDNN documents as thread-safe. Under the default (library) mode, primitives share one
+// scratchpad and may not run on another thread than the one that created them; XLA:CPU runs
+// independent convolutions on several of its threads at once, and a oneDNN kernel then waited
+// forever at its spin barrier (seen in a sweep of 4 LeNet runs and in 2 of 2 tries of a program of
+// 4 independent convs; 2-core VM, oneDNN 3.2, GNU OpenMP).
+const dnnl::primitive_attr& Attr() {
+  static const dnnl::primitive_attr* attr = [] {
+    auto* a = new dnnl::primitive_attr();
+    a->set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+  }();
+  return *attr;
+}
+
 // Logical shapes in oneDNN's order: src {N, C, H, W}, weights {O, C, KH, KW}, dst {N, O, OH, OW}.
 struct Key {
   int kind;
@@ -47,6 +62,7 @@ struct Prim {
   memory::desc user_wei;               // HWIO
   bool reorder_wei;                    // whether weights (or their gradient) need a reorder
   dnnl::reorder wei_reorder;           // user -> primitive (fwd, bwd_data) or primitive -> user
+  memory::desc scratch, reorder_scratch;  // scratchpads the caller provides (user mode)
 };
 
 std::mutex cache_mutex;
@@ -60,7 +76,7 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g) {
   memory::desc wei(g.wei, dt::f32, tag::any);
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei,
-      dst, g.strides, g.dil, g.padl, g.padr);
+      dst, g.strides, g.dil, g.padl, g.padr, Attr());
 }
 
 std::shared_ptr<Prim> Get(int kind, const Geometry& g) {
@@ -76,28 +92,33 @@ std::shared_ptr<Prim> Get(int kind, const Geometry& g) {
   if (kind == 0) {
     p->prim = dnnl::convolution_forward(fwd);
     p->src = fwd.src_desc(); p->wei = fwd.weights_desc(); p->dst = fwd.dst_desc();
+    p->scratch = fwd.scratchpad_desc();
   } else if (kind == 1) {
     memory::desc dsrc(g.src, dt::f32, tag::nhwc), ddst(g.dst, dt::f32, tag::nhwc);
     memory::desc wei(g.wei, dt::f32, tag::any);
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, dsrc, wei, ddst, g.strides, g.dil, g.padl,
-        g.padr, fwd);
+        g.padr, fwd, Attr());
     p->prim = dnnl::convolution_backward_data(pd);
     p->src = pd.diff_src_desc(); p->wei = pd.weights_desc(); p->dst = pd.diff_dst_desc();
+    p->scratch = pd.scratchpad_desc();
   } else {
     memory::desc src(g.src, dt::f32, tag::nhwc), ddst(g.dst, dt::f32, tag::nhwc);
     memory::desc dwei(g.wei, dt::f32, tag::any);
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, src, dwei, ddst, g.strides, g.dil, g.padl,
-        g.padr, fwd);
+        g.padr, fwd, Attr());
     p->prim = dnnl::convolution_backward_weights(pd);
     p->src = pd.src_desc(); p->wei = pd.diff_weights_desc(); p->dst = pd.diff_dst_desc();
+    p->scratch = pd.scratchpad_desc();
   }
   p->reorder_wei = p->wei != p->user_wei;
   if (p->reorder_wei) {
     auto a = memory(kind == 2 ? p->wei : p->user_wei, Engine(), DNNL_MEMORY_NONE);
     auto b = memory(kind == 2 ? p->user_wei : p->wei, Engine(), DNNL_MEMORY_NONE);
-    p->wei_reorder = dnnl::reorder(a, b);
+    dnnl::reorder::primitive_desc rpd(a, b, Attr());
+    p->wei_reorder = dnnl::reorder(rpd);
+    p->reorder_scratch = rpd.scratchpad_desc();
   }
   Cache()[key] = p;
   return p;
@@ -138,21 +159,21 @@ dnnl::stream& Stream() {
 }
 
 // Runs `batch` convolutions of one geometry; each operand has `batch` or 1 slices (1: shared).
-// XLA:CPU runs independent thunks on several threads at once. Two oneDNN calls from two of them
-// make two OpenMP teams on the same cores, and a oneDNN kernel then waited forever at its own
-// spin barrier (seen in a sweep of 4 LeNet runs; 2-core VM, oneDNN 3.2, GNU OpenMP). Each call
-// already uses every core, so they run one at a time.
-std::mutex execute_mutex;
-
+// Calls may run at once on several of XLA's threads: each has its own stream and scratchpads.
 ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t src_n, float* wei,
                int64_t wei_n, float* dst, int64_t dst_n) {
-  std::lock_guard<std::mutex> lock(execute_mutex);
   try {
     auto p = Get(kind, g);
     auto& s = Stream();
     const int64_t src_size = Product(g.src), wei_size = Product(g.wei), dst_size = Product(g.dst);
     memory wei_m;
     if (p->reorder_wei) wei_m = memory(p->wei, Engine());  // library-allocated blocked weights
+    memory scratch(p->scratch, Engine());
+    memory reorder_scratch(p->reorder_scratch, Engine());
+    auto reorder = [&](memory& from, memory& to) {
+      p->wei_reorder.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                 {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+    };
     for (int64_t i = 0; i < batch; ++i) {
       float* src_i = src + (src_n == 1 ? 0 : i * src_size);
       float* wei_i = wei + (wei_n == 1 ? 0 : i * wei_size);
@@ -162,18 +183,18 @@ ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t s
       if (!p->reorder_wei) {
         wei_m = user_wei;
       } else if (kind != 2 && (i == 0 || wei_n != 1)) {
-        p->wei_reorder.execute(s, user_wei, wei_m);
+        reorder(user_wei, wei_m);
       }
       if (kind == 0) {
         p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
-                            {DNNL_ARG_DST, dst_m}});
+                            {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
       } else if (kind == 1) {
         p->prim.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
-                            {DNNL_ARG_DIFF_DST, dst_m}});
+                            {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
       } else {
         p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_m},
-                            {DNNL_ARG_DIFF_DST, dst_m}});
-        if (p->reorder_wei) p->wei_reorder.execute(s, wei_m, user_wei);
+                            {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+        if (p->reorder_wei) reorder(wei_m, user_wei);
       }
     }
     s.wait();

@@ -7,7 +7,8 @@ compiles `mmjax/ext/onednn_conv.cc` against the oneDNN of the `onednn-cpu-gomp` 
 library under `$MMJAX_EXT_CACHE` (default `~/.cache/mmjax/ext`), and registers three custom calls:
 the forward conv and its two gradients. `conv` composes them with `jax.custom_vjp` so that every
 order of derivative (second-order MAML included) stays on oneDNN: the three maps are each other's
-adjoints, since the conv is bilinear in input and kernel.
+adjoints, since the conv is bilinear in input and kernel. Calls that XLA runs at once on several
+of its threads (a sweep's runs, MAML's tasks) run concurrently, each with its own scratchpad.
 
 `conv` lowers through `lax.platform_dependent`: on CPU the custom calls, on GPU and TPU XLA's conv,
 so one jitted function runs on any backend. With more than one device (a mesh over fake CPU
