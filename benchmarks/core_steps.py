@@ -10,8 +10,8 @@ with the state donated) on one cached batch, the PyTorch reference of the same s
 of these cores) and, for entries fed by real data, the step fed by the tf.data pipeline. The four
 alternate within every repeat and the median of the repeats is reported, so load from other jobs
 falls on all of them alike; os.getloadavg() is recorded before and after. FLOPs come from the
-step's cost_analysis() (benchmarks/flops.py, with XLA's convs: custom calls such as the oneDNN
-convolutions count zero there). Both frameworks run in one process, so under the same malloc
+step's cost_analysis() (benchmarks/flops.py, with XLA's convs and dots: custom calls such as the
+oneDNN convolutions count zero there). Both frameworks run in one process, so under the same malloc
 settings (mmjax.runtime.configure_malloc). Before timing, the PyTorch reference is loaded with the
 JAX params and must give the same loss.
 
@@ -81,9 +81,10 @@ def _matmul_runner():
   return run, 2.0 * MATMUL_SIZE ** 3
 
 
-def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
-                 onednn_convs: bool = True) -> Runners:
-  """DANN on digits (configs/digits_adapt.py:dann/mnist_usps): 128 MNIST + 128 USPS images."""
+def _dann_digits(dtype: str = "float32", fast_ops: bool = True, onednn_convs: bool = True,
+                 onednn_grads: bool | None = None) -> Runners:
+  """DANN on digits (configs/digits_adapt.py:dann/mnist_usps): 128 MNIST + 128 USPS images.
+  onednn_convs=False: XLA's convs and dots; onednn_grads=False: XLA's dots (dense weight grads)."""
   import torch_reference  # noqa: PLC0415 (torch only when a torch entry runs)
   cfg = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
                                        {"dtype": dtype})
@@ -134,16 +135,18 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
       torch_step()
 
   def traced_with_flag(run_fn):
-    """The step is traced at its first run; fast_ops.USE_ONEDNN is read then. This entry's
+    """The step is traced at its first run; fast_ops' flags are read then. This entry's
     step function is its own and runs only here, so no cache clearing is needed (and clearing
     would recompile it at every timed run)."""
     def wrapped(n):
-      with fast_ops_lib.onednn_convs(onednn_convs, clear_caches=False):
+      with fast_ops_lib.onednn_calls(onednn_convs, clear_caches=False, dense_grads=onednn_grads):
         run_fn(n)
     return wrapped
 
   fed_batches, cached_batches = fed(), repeat()
   convs = ("oneDNN convs" if onednn_convs and onednn.usable() else "XLA convs")
+  convs += (", oneDNN dense weight grads" if (onednn_convs if onednn_grads is None else onednn_grads)
+            and onednn.usable() and dtype == "float32" else ", XLA dots")
   return Runners(
       description=f"DANN LeNet digits, 128+128 28x28, SGD momentum, {dtype}, "
                   f"{'mmjax fast_ops, ' + convs if fast_ops else 'XLA conv + reduce_window'}",
@@ -154,9 +157,10 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
              "state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state)})})
 
 
-def _fusion_transformer(dtype: str = "float32") -> Runners:
+def _fusion_transformer(dtype: str = "float32", onednn_grads: bool = True) -> Runners:
   """Issue 3's fusion Transformer step: early fusion, batch 64 of 64 image patch tokens (64x64x3,
-  8x8 patches) + 16 question token ids, width 128, 4 layers, 4 heads, Adam; a cached random batch."""
+  8x8 patches) + 16 question token ids, width 128, 4 layers, 4 heads, Adam; a cached random batch.
+  onednn_grads=False: the dense layers' weight gradients are XLA's dots, not oneDNN's sgemm."""
   cfg = config_lib.base_config()
   cfg.update(method="supervised", dtype=dtype)
   cfg.data.input_key = "image,question"
@@ -192,17 +196,21 @@ def _fusion_transformer(dtype: str = "float32") -> Runners:
 
   def run(n):
     window = steps.DispatchWindow()
-    for _ in range(n):
-      box["state"], metrics = update(box["state"], cached, key)
-      window.push(metrics)
+    # The step is traced at its first run, reading the flag (no cache clearing: see _dann_digits).
+    with fast_ops_lib.onednn_calls(onednn_grads, clear_caches=False):
+      for _ in range(n):
+        box["state"], metrics = update(box["state"], cached, key)
+        window.push(metrics)
     jax.block_until_ready(box["state"])
 
   def run_torch(n):
     for _ in range(n):
       torch_step()
 
+  grads = ("oneDNN dense weight grads" if onednn_grads and onednn.usable() and dtype == "float32"
+           else "XLA dots")
   return Runners(description=f"fusion Transformer (early), batch 64, 64+16 tokens, width 128, "
-                             f"4 layers, Adam, {dtype}; PyTorch: nn.TransformerEncoder"
+                             f"4 layers, Adam, {dtype}, {grads}; PyTorch: nn.TransformerEncoder"
                              f"{' under bf16 autocast' if dtype == 'bfloat16' else ''}",
                  jax=run, flops=flops, torch=run_torch,
                  check={"jax_loss": jax_loss, "torch_loss": torch_loss,
@@ -213,8 +221,10 @@ def _fusion_transformer(dtype: str = "float32") -> Runners:
 ENTRIES = {
     "fusion_transformer": _fusion_transformer,
     "fusion_transformer_bf16": lambda: _fusion_transformer("bfloat16"),
+    "fusion_transformer_xla_dots": lambda: _fusion_transformer(onednn_grads=False),
     "dann_digits": _dann_digits,
-    "dann_digits_eigen": lambda: _dann_digits(onednn_convs=False),  # fast_ops, XLA's convs
+    "dann_digits_eigen": lambda: _dann_digits(onednn_convs=False),  # fast_ops, XLA's convs, dots
+    "dann_digits_xla_dots": lambda: _dann_digits(onednn_grads=False),  # oneDNN convs, XLA's dots
     "dann_digits_xla_ops": lambda: _dann_digits(fast_ops=False),
     "dann_digits_bf16": lambda: _dann_digits(dtype="bfloat16"),
 }
@@ -272,7 +282,7 @@ def _print_table(rows) -> None:
             f"{'GFLOP/s':>9}{'ceiling':>9}{'of ceil.':>10}{'pipeline':>10}")
   print(header)
   for r in rows:
-    print(f"{r['entry']:<22}{r['jax_ms']:>9.1f}{r.get('torch_ms', float('nan')):>10.1f}"
+    print(f"{r['entry']:<28}{r['jax_ms']:>9.1f}{r.get('torch_ms', float('nan')):>10.1f}"
           f"{r.get('speed_vs_torch', float('nan')):>10.2f}x{r['gflop_per_step']:>8.2f}"
           f"{r['gflops']:>9.1f}{r['matmul_ceiling_gflops']:>9.1f}{r['fraction_of_ceiling']:>10.2f}"
           f"{r.get('pipeline_fraction', float('nan')):>10.2f}")
@@ -290,6 +300,7 @@ def _machine() -> dict:
           "jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version(),
           "devices": jax.device_count(), "platform": jax.devices()[0].platform,
           "onednn_convs": bool(fast_ops_lib.USE_ONEDNN and onednn.usable()),
+          "onednn_dense_grads": bool(fast_ops_lib.USE_ONEDNN_DENSE_GRAD and onednn.usable()),
           "onednn_unavailable_reason": onednn.unavailable_reason(),
           "malloc": runtime.configure_malloc(),
           "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}

@@ -7,11 +7,11 @@ meaningless there. XLA:CPU lowers the same program to plain HLO dots and convolu
 them all; `cpu_flops` compiles a step for the host CPU from abstract arguments (nothing runs) and
 returns that count, whatever backend the step is meant for.
 
-Custom calls count zero there too, and on CPU mmjax's convolutions are oneDNN custom calls
-(mmjax.models.onednn). So the step is traced again with `fast_ops.USE_ONEDNN` off, XLA's
-convolutions in their place: the same math. `fast_ops.onednn_convs(False)` clears JAX's trace
-caches around that trace (a cached trace would keep the custom calls), so the caller's next call
-traces and compiles afresh.
+Custom calls count zero there too, and on CPU mmjax's convolutions and dense weight gradients
+are oneDNN custom calls (mmjax.models.onednn). So the step is traced again with
+`fast_ops.onednn_calls(False)`, XLA's convolutions and dots in their place: the same math. It
+clears JAX's trace caches around that trace (a cached trace would keep the custom calls), so the
+caller's next call traces and compiles afresh.
 """
 import jax
 
@@ -19,11 +19,11 @@ from mmjax.models import fast_ops
 
 
 def cpu_flops(fn, *args) -> float:
-  """XLA:CPU's cost_analysis() FLOPs of jit(fn)(*args) compiled with XLA's convolutions; args may
-  live on any device."""
+  """XLA:CPU's cost_analysis() FLOPs of jit(fn)(*args) compiled with XLA's convolutions and dots;
+  args may live on any device."""
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
-  with fast_ops.onednn_convs(False):
+  with fast_ops.onednn_calls(False):
     cost = jax.jit(fn).lower(*abstract).compile().cost_analysis()
   return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 

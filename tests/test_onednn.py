@@ -1,7 +1,7 @@
-"""oneDNN convolutions (mmjax.models.onednn): values and derivatives of every order against XLA's
-convolution, vmap, platform lowering, meshes, the fallback when they cannot be built, and the
-malloc settings of mmjax.runtime. The `_check_*` functions need a process with one device and run
-in a subprocess (test_on_one_device_...)."""
+"""oneDNN convolutions and dense weight gradients (mmjax.models.onednn): values and derivatives of
+every order against XLA's convolution and dot, vmap, platform lowering, meshes, the fallback when
+they cannot be built, and the malloc settings of mmjax.runtime. The `_check_*` functions need a
+process with one device and run in a subprocess (test_on_one_device_...)."""
 import functools
 import os
 import pathlib
@@ -16,6 +16,7 @@ from jax import lax
 
 from mmjax import runtime
 from mmjax.models import Conv4, LeNet, fast_ops, onednn
+from mmjax.models.transformer import Encoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -99,7 +100,7 @@ def _check_models_with_onednn_convs_match_their_xla_versions():
 
     assert "mmjax_onednn" in jax.jit(loss).lower(params).as_text()
     fast_value, fast_grad = jax.jit(jax.value_and_grad(loss))(params)
-    with fast_ops.onednn_convs(False):
+    with fast_ops.onednn_calls(False):
       assert "mmjax_onednn" not in jax.jit(loss).lower(params).as_text()
       plain_value, plain_grad = jax.jit(jax.value_and_grad(loss))(params)
     # Leaving the block clears the trace caches again: the same function is back on oneDNN.
@@ -125,6 +126,60 @@ def _check_flop_count_includes_the_onednn_convolutions():
   assert "mmjax_onednn" in jax.jit(fn).lower(x, w).as_text()  # the caches were cleared after
 
 
+def _check_matmul_tn_values_and_derivatives_of_every_order_match_xla():
+  """a^T b on oneDNN's sgemm against float64 numpy, and its first and second derivatives and vmap
+  against XLA's dot; a dense layer's FLOP count with it."""
+  rng = np.random.default_rng(2)
+  a = jnp.asarray(rng.normal(size=(37, 6)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(37, 5)), jnp.float32)
+  assert "mmjax_onednn_matmul_tn" in jax.jit(onednn.matmul_tn).lower(a, b).as_text()
+  want = np.asarray(a, np.float64).T @ np.asarray(b, np.float64)
+  np.testing.assert_allclose(jax.jit(onednn.matmul_tn)(a, b), want, rtol=0,
+                             atol=1e-5 * abs(want).max())
+  plain = lambda a, b: jnp.matmul(a.T, b, precision=lax.Precision.HIGHEST)  # noqa: E731
+  loss = lambda tn: lambda a, b: jnp.sum(jnp.sin(tn(a, b)))  # noqa: E731
+  meta = lambda tn: lambda a, b: sum(  # noqa: E731
+      jnp.sum(g ** 2) for g in jax.grad(loss(tn), (0, 1))(a, b))
+  for f in (loss, meta):
+    for got, want in zip(jax.jit(jax.grad(f(onednn.matmul_tn), (0, 1)))(a, b),
+                         jax.grad(f(plain), (0, 1))(a, b)):
+      _close(got, want, rtol=1e-5)
+  bs = jnp.stack([b, -2 * b, b + 0.5])
+  _close(jax.jit(jax.vmap(onednn.matmul_tn, (None, 0)))(a, bs), jax.vmap(plain, (None, 0))(a, bs))
+  # A dense layer's gradient: benchmarks/flops.cpu_flops counts its three products (forward, input
+  # and weight gradients); cost_analysis() counts the custom call as nothing.
+  grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(fast_ops.dot_general(
+      x, w, (((1,), (0,)), ((), ()))))), (0, 1))
+  x, w = b, a[:5]  # [37, 5] x [5, 6]
+  products = 3 * 2 * 37 * 5 * 6
+  assert "mmjax_onednn_matmul_tn" in jax.jit(grad).lower(x, w).as_text()
+  cost = jax.jit(grad).lower(x, w).compile().cost_analysis()
+  assert float((cost[0] if isinstance(cost, list) else cost)["flops"]) < products
+  assert products <= flops.cpu_flops(grad, x, w) <= products * 1.5
+
+
+def _check_transformer_with_onednn_dense_grads_matches_its_xla_version():
+  """A Transformer encoder keeps its params and math with its dense layers' weight gradients on
+  oneDNN (fast_ops.dot_general): outputs and param gradients equal to onednn_calls(False)'s."""
+  rng = np.random.default_rng(3)
+  model = Encoder(depth=2, num_heads=2, mlp_dim=24)
+  x = jnp.asarray(rng.normal(size=(3, 7, 8)), jnp.float32)
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+
+  def loss(params):
+    return jnp.sum(jnp.sin(model.apply({"params": params}, x)))
+
+  assert jax.jit(jax.grad(loss)).lower(params).as_text().count("mmjax_onednn_matmul_tn") == 2 * 6
+  fast_value, fast_grad = jax.jit(jax.value_and_grad(loss))(params)
+  with fast_ops.onednn_calls(False):
+    assert "mmjax_onednn" not in jax.jit(jax.grad(loss)).lower(params).as_text()
+    plain_value, plain_grad = jax.jit(jax.value_and_grad(loss))(params)
+  np.testing.assert_allclose(fast_value, plain_value, rtol=1e-6)
+  assert jax.tree.structure(fast_grad) == jax.tree.structure(plain_grad)
+  for got, want in zip(jax.tree.leaves(fast_grad), jax.tree.leaves(plain_grad)):
+    _close(got, want, rtol=1e-5)
+
+
 SINGLE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
@@ -142,10 +197,12 @@ def test_on_one_device_values_derivatives_models_and_flops_match_xla():
         t._check_values_and_derivatives_of_every_order_match_xla(geometry)
       t._check_models_with_onednn_convs_match_their_xla_versions()
       t._check_flop_count_includes_the_onednn_convolutions()
-      print("CHECKED", 3 + len(t.GEOMETRIES))
+      t._check_matmul_tn_values_and_derivatives_of_every_order_match_xla()
+      t._check_transformer_with_onednn_dense_grads_matches_its_xla_version()
+      print("CHECKED", 5 + len(t.GEOMETRIES))
   """
   out = _python(code, SINGLE_DEVICE)
-  assert out.returncode == 0 and f"CHECKED {3 + len(GEOMETRIES)}" in out.stdout, (
+  assert out.returncode == 0 and f"CHECKED {5 + len(GEOMETRIES)}" in out.stdout, (
       out.stdout[-2000:] + out.stderr[-4000:])
 
 
@@ -162,6 +219,14 @@ def test_on_a_mesh_of_devices_convolutions_stay_xla_and_correct():
   assert "mmjax_onednn" not in text
   want = jax.grad(lambda x, w: jnp.sum(jnp.sin(_xla(x, w, (1, 1), "VALID", (1, 1)))), 1)(x, w)
   _close(grad(jax.device_put(x, shard), w), want)
+  # The same for a dense layer's weight gradient (fast_ops.dot_general, as in the Transformer).
+  x2 = x.reshape(8, -1)
+  dense = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(fast_ops.dot_general(
+      x, w, (((1,), (0,)), ((), ()))))), 1))
+  w2 = jnp.asarray(np.random.default_rng(2).normal(size=(x2.shape[1], 3)), jnp.float32)
+  assert "mmjax_onednn" not in dense.lower(jax.device_put(x2, shard), w2).as_text()
+  want = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.matmul(x, w, precision="highest"))), 1)(x2, w2)
+  _close(dense(jax.device_put(x2, shard), w2), want)
 
 
 def _python(code, env_update, timeout=300):

@@ -32,31 +32,77 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # Whether float32 NHWC convs go to oneDNN's custom calls on CPU (mmjax.models.onednn; XLA's conv on
 # GPU and TPU). DANN digits step, 2-core AVX-512 VM, 2026-11-28: see benchmarks/README.md.
 USE_ONEDNN = True
+# Whether `dot_general` (nn.Dense's hook) takes float32 2-D dense layers' weight gradients on
+# oneDNN's sgemm on CPU (mmjax.models.onednn.matmul_tn). Fusion Transformer step, 2-core AVX-512
+# VM, 2026-11-28: see benchmarks/README.md.
+USE_ONEDNN_DENSE_GRAD = True
 
 
 @contextlib.contextmanager
-def onednn_convs(enabled: bool, clear_caches: bool = True):
-  """Sets USE_ONEDNN inside the block, e.g. `with onednn_convs(False):` for XLA's convolutions.
+def onednn_calls(enabled: bool, clear_caches: bool = True, dense_grads: bool | None = None):
+  """Sets USE_ONEDNN and USE_ONEDNN_DENSE_GRAD inside the block, e.g. `with onednn_calls(False):`
+  for XLA's convolutions and dots: the same math with no custom call. `dense_grads` sets
+  USE_ONEDNN_DENSE_GRAD alone (default: `enabled`).
 
-  USE_ONEDNN is read when a function is traced, and JAX's trace caches do not key on it: a
-  function traced before the block would keep its old convolutions inside it, and one traced
-  inside would keep the block's after it. So by default JAX's caches are cleared when the block
-  changes the setting, on entering and on leaving: everything jitted is traced and compiled again
-  at its next call (XLA's persistent compilation cache, where enabled, still serves the compiles).
-  `clear_caches=False` is for a caller whose functions are traced only inside such blocks (a
-  benchmark's own step functions), so that its compiled steps survive from one block to the next."""
-  global USE_ONEDNN
-  previous = USE_ONEDNN
-  changed = clear_caches and bool(enabled) != bool(previous)
+  Both are read when a function is traced, and JAX's trace caches do not key on them: a function
+  traced before the block would keep its old ops inside it, and one traced inside would keep the
+  block's after it. So by default JAX's caches are cleared when the block changes a setting, on
+  entering and on leaving: everything jitted is traced and compiled again at its next call (XLA's
+  persistent compilation cache, where enabled, still serves the compiles). `clear_caches=False`
+  is for a caller whose functions are traced only inside such blocks (a benchmark's own step
+  functions), so that its compiled steps survive from one block to the next."""
+  global USE_ONEDNN, USE_ONEDNN_DENSE_GRAD
+  previous = (USE_ONEDNN, USE_ONEDNN_DENSE_GRAD)
+  wanted = (bool(enabled), bool(enabled if dense_grads is None else dense_grads))
+  changed = clear_caches and wanted != tuple(map(bool, previous))
   if changed:
     jax.clear_caches()
-  USE_ONEDNN = bool(enabled)
+  USE_ONEDNN, USE_ONEDNN_DENSE_GRAD = wanted
   try:
     yield
   finally:
-    USE_ONEDNN = previous
+    USE_ONEDNN, USE_ONEDNN_DENSE_GRAD = previous
     if changed:
       jax.clear_caches()
+
+
+def _dense_dot(x, kernel, precision):
+  return lax.dot_general(x, kernel, (((1,), (0,)), ((), ())), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_dot(x, kernel, precision=None):
+  """x [M, K] @ kernel [K, N] whose kernel gradient x^T dy is `onednn.matmul_tn` (oneDNN's sgemm
+  on CPU when usable; XLA's dot otherwise). The forward and the input gradient dy kernel^T are
+  XLA's dots, as autodiff would make them. Reverse mode to any order; no forward mode (jvp)."""
+  return _dense_dot(x, kernel, precision)
+
+
+def _dense_dot_fwd(x, kernel, precision):
+  return _dense_dot(x, kernel, precision), (x, kernel)
+
+
+def _dense_dot_bwd(precision, residuals, g):
+  x, kernel = residuals
+  dx = lax.dot_general(g, kernel, (((1,), (1,)), ((), ())), precision=precision)
+  return dx, onednn.matmul_tn(x, g)
+
+
+dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` with nn.Dense's hook signature (`nn.Dense(..., dot_general=dot_general)`):
+  a float32 2-D [M, K] x [K, N] product runs as `dense_dot` when USE_ONEDNN_DENSE_GRAD and oneDNN
+  is usable, every other product as lax's. Params, their names and values are nn.Dense's."""
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  if (USE_ONEDNN_DENSE_GRAD and lhs.ndim == 2 and rhs.ndim == 2
+      and tuple(lhs_contract) == (1,) and tuple(rhs_contract) == (0,)
+      and not tuple(lhs_batch) and not tuple(rhs_batch) and preferred_element_type is None
+      and lhs.dtype == rhs.dtype == jnp.float32 and onednn.usable()):
+    return dense_dot(lhs, rhs, precision)
+  return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                         preferred_element_type=preferred_element_type)
 
 
 def max_pool(x, window: tuple[int, int]):

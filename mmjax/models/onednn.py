@@ -4,11 +4,13 @@ XLA:CPU runs convolutions with Eigen (or YNNPACK, which mmjax.runtime turns off 
 times slower than oneDNN for the small convs of LeNet and conv4 (benchmarks/README.md). This module
 compiles `mmjax/ext/onednn_conv.cc` against the oneDNN of the `onednn-cpu-gomp` and
 `onednn-devel-cpu-gomp` wheels (requirements.txt, x86-64 Linux) at first use, caches the shared
-library under `$MMJAX_EXT_CACHE` (default `~/.cache/mmjax/ext`), and registers three custom calls:
-the forward conv and its two gradients. `conv` composes them with `jax.custom_vjp` so that every
-order of derivative (second-order MAML included) stays on oneDNN: the three maps are each other's
-adjoints, since the conv is bilinear in input and kernel. Calls that XLA runs at once on several
+library under `$MMJAX_EXT_CACHE` (default `~/.cache/mmjax/ext`), and registers its custom calls:
+the forward conv and its two gradients, and a matmul (below). `conv` composes the three with
+`jax.custom_vjp` so that every order of derivative (second-order MAML included) stays on oneDNN:
+the three maps are each other's adjoints, since the conv is bilinear in input and kernel. Calls that XLA runs at once on several
 of its threads (a sweep's runs, MAML's tasks) run concurrently, each with its own scratchpad.
+
+`matmul_tn` (a^T b, a dense layer's weight gradient) runs on oneDNN's sgemm the same way.
 
 `conv` lowers through `lax.platform_dependent`: on CPU the custom calls, on GPU and TPU XLA's conv,
 so one jitted function runs on any backend. With more than one device (a mesh over fake CPU
@@ -36,9 +38,9 @@ from jax import lax
 
 _SOURCE = pathlib.Path(__file__).resolve().parent.parent / "ext" / "onednn_conv.cc"
 _TARGETS = {"fwd": "mmjax_onednn_conv_fwd", "bwd_data": "mmjax_onednn_conv_bwd_data",
-            "bwd_weights": "mmjax_onednn_conv_bwd_weights"}
+            "bwd_weights": "mmjax_onednn_conv_bwd_weights", "matmul_tn": "mmjax_onednn_matmul_tn"}
 _SYMBOLS = {"fwd": "MmjaxConvFwd", "bwd_data": "MmjaxConvBwdData",
-            "bwd_weights": "MmjaxConvBwdWeights"}
+            "bwd_weights": "MmjaxConvBwdWeights", "matmul_tn": "MmjaxMatmulTN"}
 _reason = None
 
 
@@ -256,3 +258,43 @@ def conv(x, w, strides, padding, dilation=(1, 1), precision=None):
   if not (x.dtype == w.dtype == jnp.float32 and usable()):
     return xla(x, w)
   return lax.platform_dependent(x, w, cpu=lambda x, w: _conv(x, w, geometry), default=xla)
+
+
+def _tn_xla(a, b):
+  return lax.dot_general(a, b, (((a.ndim - 2,), (b.ndim - 2,)), ((), ())))
+
+
+def _tn_onednn(a, b):
+  return jax.ffi.ffi_call(_TARGETS["matmul_tn"],
+                          jax.ShapeDtypeStruct(a.shape[:-2] + (a.shape[-1], b.shape[-1]),
+                                               jnp.float32),
+                          vmap_method="broadcast_all")(a, b)
+
+
+@jax.custom_vjp
+def _tn(a, b):
+  return lax.platform_dependent(a, b, cpu=_tn_onednn, default=_tn_xla)
+
+
+def _tn_fwd(a, b):
+  return _tn(a, b), (a, b)
+
+
+def _tn_bwd(residuals, g):
+  # <g, a^T b> = <b g^T, a> = <a g, b>
+  a, b = residuals
+  return jnp.matmul(b, g.T), jnp.matmul(a, g)
+
+
+_tn.defvjp(_tn_fwd, _tn_bwd)
+
+
+def matmul_tn(a, b):
+  """a^T b for a [M, K] and b [M, N] (a dense layer's weight gradient, x^T dy): for float32
+  operands and `usable()`, oneDNN's sgemm when lowered for CPU, which reads a transposed in place;
+  otherwise, and on other platforms, XLA's dot. Differentiable to any order (reverse mode)."""
+  if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+    raise ValueError(f"matmul_tn: a [M, K] and b [M, N] expected, got {a.shape} and {b.shape}")
+  if not (a.dtype == b.dtype == jnp.float32 and usable()):
+    return _tn_xla(a, b)
+  return _tn(a, b)

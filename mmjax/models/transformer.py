@@ -7,7 +7,7 @@ weights are sown under `<encoder>/layer_<i>/self_attention` (or `cross_attention
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.attention import MultiHeadAttention, dense_2d
+from mmjax.models.attention import MultiHeadAttention, dense, dense_2d
 
 
 class MlpBlock(nn.Module):
@@ -19,9 +19,9 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     width = x.shape[-1]
-    y = nn.gelu(dense_2d(nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1"), x))
+    y = nn.gelu(dense_2d(dense(self.mlp_dim, self.dtype, "fc1"), x))
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = dense_2d(nn.Dense(width, dtype=self.dtype, name="fc2"), y)
+    y = dense_2d(dense(width, self.dtype, "fc2"), y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
