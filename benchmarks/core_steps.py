@@ -81,10 +81,9 @@ def _matmul_runner():
   return run, 2.0 * MATMUL_SIZE ** 3
 
 
-def _dann_digits(dtype: str = "float32", fast_ops: bool = True, onednn_convs: bool = True,
-                 onednn_grads: bool | None = None) -> Runners:
-  """DANN on digits (configs/digits_adapt.py:dann/mnist_usps): 128 MNIST + 128 USPS images.
-  onednn_convs=False: XLA's convs and dots; onednn_grads=False: XLA's dots (dense weight grads)."""
+def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
+                 onednn_convs: bool = True) -> Runners:
+  """DANN on digits (configs/digits_adapt.py:dann/mnist_usps): 128 MNIST + 128 USPS images."""
   import torch_reference  # noqa: PLC0415 (torch only when a torch entry runs)
   cfg = config_lib.load_with_overrides(str(REPO / "configs/digits_adapt.py:dann/mnist_usps"),
                                        {"dtype": dtype})
@@ -139,14 +138,12 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True, onednn_convs: bo
     step function is its own and runs only here, so no cache clearing is needed (and clearing
     would recompile it at every timed run)."""
     def wrapped(n):
-      with fast_ops_lib.onednn_calls(onednn_convs, clear_caches=False, dense_grads=onednn_grads):
+      with fast_ops_lib.onednn_calls(onednn_convs, clear_caches=False):
         run_fn(n)
     return wrapped
 
   fed_batches, cached_batches = fed(), repeat()
   convs = ("oneDNN convs" if onednn_convs and onednn.usable() else "XLA convs")
-  convs += (", oneDNN dense weight grads" if (onednn_convs if onednn_grads is None else onednn_grads)
-            and onednn.usable() and dtype == "float32" else ", XLA dots")
   return Runners(
       description=f"DANN LeNet digits, 128+128 28x28, SGD momentum, {dtype}, "
                   f"{'mmjax fast_ops, ' + convs if fast_ops else 'XLA conv + reduce_window'}",
@@ -223,8 +220,7 @@ ENTRIES = {
     "fusion_transformer_bf16": lambda: _fusion_transformer("bfloat16"),
     "fusion_transformer_xla_dots": lambda: _fusion_transformer(onednn_grads=False),
     "dann_digits": _dann_digits,
-    "dann_digits_eigen": lambda: _dann_digits(onednn_convs=False),  # fast_ops, XLA's convs, dots
-    "dann_digits_xla_dots": lambda: _dann_digits(onednn_grads=False),  # oneDNN convs, XLA's dots
+    "dann_digits_eigen": lambda: _dann_digits(onednn_convs=False),  # fast_ops, XLA's convs
     "dann_digits_xla_ops": lambda: _dann_digits(fast_ops=False),
     "dann_digits_bf16": lambda: _dann_digits(dtype="bfloat16"),
 }
@@ -278,7 +274,7 @@ def _check_losses(row: dict) -> None:
 
 
 def _print_table(rows) -> None:
-  header = (f"{'entry':<22}{'JAX ms':>9}{'torch ms':>10}{'JAX/torch':>11}{'GFLOP':>8}"
+  header = (f"{'entry':<28}{'JAX ms':>9}{'torch ms':>10}{'JAX/torch':>11}{'GFLOP':>8}"
             f"{'GFLOP/s':>9}{'ceiling':>9}{'of ceil.':>10}{'pipeline':>10}")
   print(header)
   for r in rows:

@@ -86,6 +86,23 @@ def test_other_platforms_lower_to_xla_convolutions():
     assert "convolution" in text and "mmjax_onednn" not in text, platform
 
 
+def _check_other_platforms_lower_to_xla_where_the_cpu_uses_onednn():
+  """One jitted function, custom calls on this CPU, XLA's conv and dot for GPU and TPU."""
+  conv = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), "SAME"))
+  conv_args = (jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32),
+               jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32))
+  dense = jax.jit(jax.grad(lambda x, w: jnp.sum(fast_ops.dot_general(
+      x, w, (((1,), (0,)), ((), ())))), 1))
+  dense_args = (jax.ShapeDtypeStruct((6, 4), jnp.float32), jax.ShapeDtypeStruct((4, 3), jnp.float32))
+  assert "mmjax_onednn_conv_fwd" in conv.lower(*conv_args).as_text()
+  assert "mmjax_onednn_matmul_tn" in dense.lower(*dense_args).as_text()
+  for platform in ("cuda", "tpu"):
+    text = jax.export.export(conv, platforms=[platform])(*conv_args).mlir_module()
+    assert "convolution" in text and "mmjax_onednn" not in text, platform
+    text = jax.export.export(dense, platforms=[platform])(*dense_args).mlir_module()
+    assert "dot_general" in text and "mmjax_onednn" not in text, platform
+
+
 def _check_models_with_onednn_convs_match_their_xla_versions():
   """LeNet and conv4 keep their params and math: outputs and param gradients equal to the same
   models with XLA's convs (fast_ops.USE_ONEDNN off)."""
@@ -199,10 +216,11 @@ def test_on_one_device_values_derivatives_models_and_flops_match_xla():
       t._check_flop_count_includes_the_onednn_convolutions()
       t._check_matmul_tn_values_and_derivatives_of_every_order_match_xla()
       t._check_transformer_with_onednn_dense_grads_matches_its_xla_version()
-      print("CHECKED", 5 + len(t.GEOMETRIES))
+      t._check_other_platforms_lower_to_xla_where_the_cpu_uses_onednn()
+      print("CHECKED", 6 + len(t.GEOMETRIES))
   """
   out = _python(code, SINGLE_DEVICE)
-  assert out.returncode == 0 and f"CHECKED {5 + len(GEOMETRIES)}" in out.stdout, (
+  assert out.returncode == 0 and f"CHECKED {6 + len(GEOMETRIES)}" in out.stdout, (
       out.stdout[-2000:] + out.stderr[-4000:])
 
 

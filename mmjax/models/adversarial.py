@@ -4,13 +4,10 @@ Ganin & Lempitsky 2015 / Ganin et al., JMLR 2016 (eq. 13-14): the reversal layer
 the forward pass and multiplies the gradient by -lambda on the backward pass, so one minimisation
 trains the domain classifier to separate domains and the features to confuse it.
 """
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models import fast_ops as fast_ops_lib
 from mmjax.models import norms
 
 
@@ -32,23 +29,19 @@ def _reverse_bwd(coeff, g):
 reverse_gradient.defvjp(_reverse_fwd, _reverse_bwd)
 
 
-def domain_classifier(h, hidden: int, layers: int, dtype, norm: bool = False, train: bool = False,
-                      fast_ops: bool = True):
+def domain_classifier(h, hidden: int, layers: int, dtype, norm: bool = False, train: bool = False):
   """`layers` ReLU layers of `hidden` units, then one logit per example (target vs source).
 
   Called inside a parent's compact __call__, so its layers (domain_fc1.., domain_head) are the
   parent's params. `norm`: batch norm before each ReLU (Transfer-Learning-Library's
   DomainDiscriminator: Linear, BatchNorm1d, ReLU), running averages in "batch_stats".
-  `fast_ops`: the dense layers' weight gradients on oneDNN on CPU (`fast_ops.dot_general`).
   """
-  dense = functools.partial(nn.Dense, dtype=dtype,
-                            dot_general=fast_ops_lib.dot_general if fast_ops else None)
   for i in range(layers):
-    h = dense(hidden, name=f"domain_fc{i + 1}")(h)
+    h = nn.Dense(hidden, dtype=dtype, name=f"domain_fc{i + 1}")(h)
     if norm:
       h = norms.batch_norm(train, dtype=dtype, name=f"domain_norm{i + 1}")(h)
     h = nn.relu(h)
-  return dense(1, name="domain_head")(h)[:, 0].astype(jnp.float32)
+  return nn.Dense(1, dtype=dtype, name="domain_head")(h)[:, 0].astype(jnp.float32)
 
 
 class DomainAdversarialNet(nn.Module):
@@ -67,6 +60,5 @@ class DomainAdversarialNet(nn.Module):
     out = dict(self.backbone(x, train=train))
     h = reverse_gradient(out["features"], jnp.asarray(reversal, jnp.float32))
     out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype,
-                                             self.domain_norm, train,
-                                             getattr(self.backbone, "fast_ops", True))
+                                             self.domain_norm, train)
     return out

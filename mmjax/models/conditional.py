@@ -58,6 +58,5 @@ class ConditionalAdversarialNet(nn.Module):
       h = multilinear_map(f, g)
     h = reverse_gradient(h, jnp.asarray(reversal, jnp.float32))
     out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype,
-                                             self.domain_norm, train,
-                                             getattr(self.backbone, "fast_ops", True))
+                                             self.domain_norm, train)
     return out

@@ -32,17 +32,17 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # Whether float32 NHWC convs go to oneDNN's custom calls on CPU (mmjax.models.onednn; XLA's conv on
 # GPU and TPU). DANN digits step, 2-core AVX-512 VM, 2026-11-28: see benchmarks/README.md.
 USE_ONEDNN = True
-# Whether `dot_general` (nn.Dense's hook) takes float32 2-D dense layers' weight gradients on
-# oneDNN's sgemm on CPU (mmjax.models.onednn.matmul_tn). Fusion Transformer step, 2-core AVX-512
-# VM, 2026-11-28: see benchmarks/README.md.
+# Whether `dot_general` (nn.Dense's hook, used by the Transformer blocks) takes float32 2-D dense
+# layers' weight gradients on oneDNN's sgemm on CPU (mmjax.models.onednn.matmul_tn). Fusion
+# Transformer step, 2-core AVX-512 VM, 2026-11-28: see benchmarks/README.md. LeNet and the domain
+# classifiers keep XLA's dots: in the DANN step the custom calls made it 2-5% slower.
 USE_ONEDNN_DENSE_GRAD = True
 
 
 @contextlib.contextmanager
-def onednn_calls(enabled: bool, clear_caches: bool = True, dense_grads: bool | None = None):
+def onednn_calls(enabled: bool, clear_caches: bool = True):
   """Sets USE_ONEDNN and USE_ONEDNN_DENSE_GRAD inside the block, e.g. `with onednn_calls(False):`
-  for XLA's convolutions and dots: the same math with no custom call. `dense_grads` sets
-  USE_ONEDNN_DENSE_GRAD alone (default: `enabled`).
+  for XLA's convolutions and dots: the same math with no custom call.
 
   Both are read when a function is traced, and JAX's trace caches do not key on them: a function
   traced before the block would keep its old ops inside it, and one traced inside would keep the
@@ -53,7 +53,7 @@ def onednn_calls(enabled: bool, clear_caches: bool = True, dense_grads: bool | N
   functions), so that its compiled steps survive from one block to the next."""
   global USE_ONEDNN, USE_ONEDNN_DENSE_GRAD
   previous = (USE_ONEDNN, USE_ONEDNN_DENSE_GRAD)
-  wanted = (bool(enabled), bool(enabled if dense_grads is None else dense_grads))
+  wanted = (bool(enabled), bool(enabled))
   changed = clear_caches and wanted != tuple(map(bool, previous))
   if changed:
     jax.clear_caches()

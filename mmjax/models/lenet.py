@@ -13,8 +13,8 @@ class LeNet(nn.Module):
 
   Returns a dict with `features` (the output of the feature extractor, `features` wide, 100 by
   default) and `logits`, so that domain-adaptation losses can use the features. `fast_ops` computes
-  the convs, pools and dense weight gradients with `mmjax.models.fast_ops` (the same function and
-  params, faster on XLA:CPU); False uses XLA's own conv and reduce_window, the plain reference the fast version is
+  the convs and pools with `mmjax.models.fast_ops` (the same function and params, faster on
+  XLA:CPU); False uses XLA's own conv and reduce_window, the plain reference the fast version is
   tested against.
 
   `channels`, `hidden`, `features` and `dropout` give the other LeNets of the domain-adaptation
@@ -55,14 +55,12 @@ class LeNet(nn.Module):
       x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
     x = pool_relu(x)
     x = x.reshape(x.shape[0], -1)
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
-                              dot_general=ops.dot_general if self.fast_ops else None)
-    x = nn.relu(dense(self.hidden, name="fc1")(x))
+    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    features = dense(self.features or self.hidden, name="fc2")(x)
+    features = nn.Dense(self.features or self.hidden, dtype=self.dtype, name="fc2")(x)
     if self.bottleneck_norm:
       features = norms.batch_norm(train, dtype=self.dtype, name="fc2_norm")(features)
     features = nn.relu(features)
-    logits = dense(self.num_classes, name="head")(features)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
     return {"features": features, "logits": logits.astype(jnp.float32)}
