@@ -93,7 +93,8 @@ def _check_other_platforms_lower_to_xla_where_the_cpu_uses_onednn():
                jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32))
   dense = jax.jit(jax.grad(lambda x, w: jnp.sum(fast_ops.dot_general(
       x, w, (((1,), (0,)), ((), ())))), 1))
-  dense_args = (jax.ShapeDtypeStruct((6, 4), jnp.float32), jax.ShapeDtypeStruct((4, 3), jnp.float32))
+  dense_args = (jax.ShapeDtypeStruct((6, 4), jnp.float32),
+                jax.ShapeDtypeStruct((4, 3), jnp.float32))
   assert "mmjax_onednn_conv_fwd" in conv.lower(*conv_args).as_text()
   assert "mmjax_onednn_matmul_tn" in dense.lower(*dense_args).as_text()
   for platform in ("cuda", "tpu"):

@@ -7,8 +7,9 @@ compiles `mmjax/ext/onednn_conv.cc` against the oneDNN of the `onednn-cpu-gomp` 
 library under `$MMJAX_EXT_CACHE` (default `~/.cache/mmjax/ext`), and registers its custom calls:
 the forward conv and its two gradients, and a matmul (below). `conv` composes the three with
 `jax.custom_vjp` so that every order of derivative (second-order MAML included) stays on oneDNN:
-the three maps are each other's adjoints, since the conv is bilinear in input and kernel. Calls that XLA runs at once on several
-of its threads (a sweep's runs, MAML's tasks) run concurrently, each with its own scratchpad.
+the three maps are each other's adjoints, since the conv is bilinear in input and kernel. Calls
+that XLA runs at once on several of its threads (a sweep's runs, MAML's tasks) run concurrently,
+each with its own scratchpad.
 
 `matmul_tn` (a^T b, a dense layer's weight gradient) runs on oneDNN's sgemm the same way.
 
