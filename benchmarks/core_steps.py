@@ -81,6 +81,16 @@ def _matmul_runner():
   return run, 2.0 * MATMUL_SIZE ** 3
 
 
+def _with_onednn(enabled: bool, run_fn):
+  """run_fn with fast_ops' oneDNN flags set to `enabled`. A step is traced at its first run and
+  reads the flags then. Each entry's step function is its own and runs only here, so no cache
+  clearing is needed (and clearing would recompile it at every timed run)."""
+  def wrapped(n):
+    with fast_ops_lib.onednn_calls(enabled, clear_caches=False):
+      run_fn(n)
+  return wrapped
+
+
 def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
                  onednn_convs: bool = True) -> Runners:
   """DANN on digits (configs/digits_adapt.py:dann/mnist_usps): 128 MNIST + 128 USPS images."""
@@ -133,22 +143,13 @@ def _dann_digits(dtype: str = "float32", fast_ops: bool = True,
     for _ in range(n):
       torch_step()
 
-  def traced_with_flag(run_fn):
-    """The step is traced at its first run; fast_ops' flags are read then. This entry's
-    step function is its own and runs only here, so no cache clearing is needed (and clearing
-    would recompile it at every timed run)."""
-    def wrapped(n):
-      with fast_ops_lib.onednn_calls(onednn_convs, clear_caches=False):
-        run_fn(n)
-    return wrapped
-
   fed_batches, cached_batches = fed(), repeat()
   convs = ("oneDNN convs" if onednn_convs and onednn.usable() else "XLA convs")
   return Runners(
       description=f"DANN LeNet digits, 128+128 28x28, SGD momentum, {dtype}, "
                   f"{'mmjax fast_ops, ' + convs if fast_ops else 'XLA conv + reduce_window'}",
-      jax=traced_with_flag(lambda n: run(cached_batches, n)), flops=flops, torch=run_torch,
-      pipeline=traced_with_flag(lambda n: run(fed_batches, n)),
+      jax=_with_onednn(onednn_convs, lambda n: run(cached_batches, n)), flops=flops,
+      torch=run_torch, pipeline=_with_onednn(onednn_convs, lambda n: run(fed_batches, n)),
       check={"jax_loss": jax_loss, "torch_loss": torch_loss,
              "loss_rtol": 1e-4 if dtype == "float32" else 2e-2,
              "state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state)})})
@@ -193,11 +194,9 @@ def _fusion_transformer(dtype: str = "float32", onednn_grads: bool = True) -> Ru
 
   def run(n):
     window = steps.DispatchWindow()
-    # The step is traced at its first run, reading the flag (no cache clearing: see _dann_digits).
-    with fast_ops_lib.onednn_calls(onednn_grads, clear_caches=False):
-      for _ in range(n):
-        box["state"], metrics = update(box["state"], cached, key)
-        window.push(metrics)
+    for _ in range(n):
+      box["state"], metrics = update(box["state"], cached, key)
+      window.push(metrics)
     jax.block_until_ready(box["state"])
 
   def run_torch(n):
@@ -209,7 +208,7 @@ def _fusion_transformer(dtype: str = "float32", onednn_grads: bool = True) -> Ru
   return Runners(description=f"fusion Transformer (early), batch 64, 64+16 tokens, width 128, "
                              f"4 layers, Adam, {dtype}, {grads}; PyTorch: nn.TransformerEncoder"
                              f"{' under bf16 autocast' if dtype == 'bfloat16' else ''}",
-                 jax=run, flops=flops, torch=run_torch,
+                 jax=_with_onednn(onednn_grads, run), flops=flops, torch=run_torch,
                  check={"jax_loss": jax_loss, "torch_loss": torch_loss,
                         "loss_rtol": 1e-4 if dtype == "float32" else 2e-2,
                         "state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state)})})

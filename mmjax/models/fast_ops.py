@@ -53,11 +53,10 @@ def onednn_calls(enabled: bool, clear_caches: bool = True):
   functions), so that its compiled steps survive from one block to the next."""
   global USE_ONEDNN, USE_ONEDNN_DENSE_GRAD
   previous = (USE_ONEDNN, USE_ONEDNN_DENSE_GRAD)
-  wanted = (bool(enabled), bool(enabled))
-  changed = clear_caches and wanted != tuple(map(bool, previous))
+  changed = clear_caches and any(bool(p) != bool(enabled) for p in previous)
   if changed:
     jax.clear_caches()
-  USE_ONEDNN, USE_ONEDNN_DENSE_GRAD = wanted
+  USE_ONEDNN = USE_ONEDNN_DENSE_GRAD = bool(enabled)
   try:
     yield
   finally:
