@@ -20,6 +20,7 @@ import pytest
 from mmjax import config as config_lib
 from mmjax import train
 from mmjax.train import checkpoint, transfer
+from conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC = "configs/digits.py:usps_mnist"
@@ -37,7 +38,7 @@ def small_config(spec=SPEC, **overrides):
 def launch(workdir, *, devices=4, extra=(), overrides=None, spec=SPEC, wait=True, env=None):
   args = [sys.executable, str(REPO / "launch.py"), f"--config={spec}", f"--workdir={workdir}"]
   args += [f"--config.{k}={v}" for k, v in {**SMALL, **(overrides or {})}.items()] + list(extra)
-  full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  full_env = {**os.environ, "XLA_FLAGS": xla_flags(devices),
               **(env or {})}
   proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)

@@ -16,6 +16,7 @@ from mmjax import data
 from mmjax.data import episodes
 from mmjax.methods import maml
 from mmjax.methods.inputs import model_inputs
+from conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/omniglot_mm_maml.py")
@@ -89,7 +90,7 @@ def test_every_config_builds_and_image_only_is_the_same_image_encoder():
 
 def test_quick_table_runs_the_fused_row_on_four_devices(tmp_path):
   # The 4 tasks of a quick meta-step, one per device.
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(4)}
   out = subprocess.run([sys.executable, str(REPO / "experiments/maml_multimodal_table.py"),
                         f"--workdir={tmp_path}", "--quick", "--rows=image_strokes"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=600)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mmjax import experiments, table_script, tables
+from conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def test_quick_digits_table_survives_kill_9_and_fills_its_rows(tmp_path):
   """Kill the runner (and its run) after the first cell, run again: nothing lost, nothing redone."""
   args = [sys.executable, str(REPO / "experiments/digits_table.py"), f"--workdir={tmp_path}",
           "--quick", "--adapt_seeds=0"]  # adaptation rows listed, not run (time)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
   first = tmp_path / "source_only/mnist_to_usps/seed_0/results.json"
@@ -122,7 +123,7 @@ def test_quick_digits_table_survives_kill_9_and_fills_its_rows(tmp_path):
 
 
 def test_quick_amazon_table_has_every_row_and_the_mean(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   out = subprocess.run([sys.executable, str(REPO / "experiments/amazon_table.py"),
                         f"--workdir={tmp_path}", "--quick"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=900)
@@ -138,7 +139,7 @@ def test_quick_amazon_table_has_every_row_and_the_mean(tmp_path):
 def test_quick_amazon_selection_reports_the_candidate_each_criterion_prefers(tmp_path):
   """The model-selection table (shared with experiments/office_selection.py), checked against the
   choices recomputed here from every forward and reverse run's results.json."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   out = subprocess.run([sys.executable, str(REPO / "experiments/amazon_selection.py"),
                         f"--workdir={tmp_path}", "--quick"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=900)
