@@ -1,4 +1,5 @@
 """Benchmark tools: FLOP counts for MFU, the PyTorch Transformer reference, the XLA:CPU runtime flag."""
+import json
 import os
 import pathlib
 import subprocess
@@ -147,3 +148,48 @@ def test_importing_mmjax_keeps_convolutions_out_of_ynnpack_and_survives_freed_pr
   freed = subprocess.run([sys.executable, "-c", _FREE_PROGRAMS_IN_FLIGHT, "150"], env=env,
                          capture_output=True, text=True, timeout=300)
   assert freed.returncode == 0 and "survived" in freed.stdout, freed.stderr[-2000:]
+
+
+
+
+_PAIRED_TIMING = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import core_steps
+core_steps.FLAGS(["core_steps", "--repeats=6", "--steps=10"])
+# A fake clock: a runner call advances it by the runner's cost times the VM's speed in that
+# repeat, which drifts by up to 2x between repeats; the fed step costs 5% more than the cached one.
+clock, timed = [0.0], []
+core_steps.time.perf_counter = lambda: clock[0]
+drift = [1.0, 2.0, 1.3, 1.8, 1.1, 2.0]
+def runner(name, cost):
+  def run(n):
+    if n != 2:  # not the warm-up call
+      timed.append(name)
+    clock[0] += n * cost * (drift[(len(timed) - 1) // 4] if n != 2 else 1.0)
+  return run
+core_steps._matmul_runner = lambda: (runner("matmul", 0.5), 1e9)
+core_steps.ENTRIES["fake"] = lambda: core_steps.Runners(
+    description="fake", jax=runner("jax", 1.0), flops=1e9, torch=runner("torch", 1.2),
+    pipeline=runner("pipeline", 1.05))
+print(json.dumps({"timed": timed, "row": core_steps.measure("fake")}))
+"""
+
+
+def test_pipeline_fraction_pairs_the_cached_and_fed_steps_of_each_repeat():
+  """benchmarks/core_steps.py: the fed step runs right after the cached one (right before it in the
+  reversed repeats), and the fraction is the median and quartiles of the per-repeat ratios."""
+  out = subprocess.run([sys.executable, "-c", _PAIRED_TIMING], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert out.returncode == 0, out.stderr[-2000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  forward = got["timed"][:4]
+  assert forward[:2] == ["jax", "pipeline"] and sorted(forward) == sorted(
+      ["jax", "pipeline", "matmul", "torch"])
+  assert got["timed"] == (forward + forward[::-1]) * 3
+  row, drift = got["row"], np.array([1.0, 2.0, 1.3, 1.8, 1.1, 2.0])
+  np.testing.assert_allclose(row["pipeline_fraction"], 1 / 1.05)
+  np.testing.assert_allclose(row["pipeline_fraction_quartiles"], [1 / 1.05] * 2)
+  np.testing.assert_allclose(row["speed_vs_torch_paired"], [1.2] * 3)
+  np.testing.assert_allclose(row["jax_ms"], 1e3 * np.median(drift))
+  np.testing.assert_allclose(row["matmul_ceiling_gflops"], 1 / (0.5 * np.median(drift)))
