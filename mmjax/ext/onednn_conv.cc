@@ -14,6 +14,7 @@
 //   mmjax_matmul_tn(a[..., M, K], b[..., M, N]) -> c[..., K, N] = a^T b
 // Leading dimensions (vmap's) index independent products and must be the same in all three.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -21,6 +22,8 @@
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -86,13 +89,18 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g) {
       dst, g.strides, g.dil, g.padl, g.padr, Attr());
 }
 
-std::shared_ptr<Prim> Get(int kind, const Geometry& g) {
-  Key key{kind, {}};
+std::shared_ptr<Prim> Get(int kind, const Geometry& g, bool serial = false) {
+  Key key{kind + (serial ? 3 : 0), {}};
   for (const auto* d : {&g.src, &g.wei, &g.dst, &g.strides, &g.dil, &g.padl, &g.padr})
     key.v.insert(key.v.end(), d->begin(), d->end());
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto it = Cache().find(key);
   if (it != Cache().end()) return it->second;
+  // A serial primitive runs on one thread inside our own parallel loop over the batch: it is
+  // created while this thread's OpenMP team size is 1, so oneDNN plans it for one thread.
+  const int saved_threads = omp_get_max_threads();
+  if (serial) omp_set_num_threads(1);
+  struct Restore { bool on; int n; ~Restore() { if (on) omp_set_num_threads(n); } } restore{serial, saved_threads};
   auto p = std::make_shared<Prim>();
   p->user_wei = memory::desc(g.wei, dt::f32, tag::hwio);
   auto fwd = ForwardPd(g);
@@ -165,11 +173,86 @@ dnnl::stream& Stream() {
   return *tls_stream;
 }
 
+std::atomic<int> g_parallel_batch{1};
+
+// The batch's convolutions on `threads` OpenMP threads at once, each convolution on one thread.
+// vmap's batches (MAML's tasks) are many small convolutions; oneDNN splits each over both cores
+// with a barrier per call, where one convolution per core keeps both busy without one.
+ffi::Error RunParallel(int kind, const Geometry& g, int64_t batch, int threads, float* src,
+                       int64_t src_n, float* wei, int64_t wei_n, float* dst, int64_t dst_n) {
+  auto p = Get(kind, g, /*serial=*/true);
+  const int64_t src_size = Product(g.src), wei_size = Product(g.wei), dst_size = Product(g.dst);
+  // Shared weights (forward and input gradient at one set of weights): reordered once, read by all.
+  memory shared_wei;
+  const bool shared = p->reorder_wei && kind != 2 && wei_n == 1;
+  if (shared) {
+    shared_wei = memory(p->wei, Engine());
+    memory user_wei(p->user_wei, Engine(), wei);
+    memory reorder_scratch(p->reorder_scratch, Engine());
+    auto& s = Stream();
+    p->wei_reorder.execute(s, {{DNNL_ARG_FROM, user_wei}, {DNNL_ARG_TO, shared_wei},
+                               {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+    s.wait();
+  }
+  std::atomic<int> failed{0};
+  std::string message;
+  std::mutex message_mutex;
+#pragma omp parallel num_threads(threads)
+  {
+    try {
+      dnnl::stream s(Engine());
+      memory scratch(p->scratch, Engine());
+      memory reorder_scratch(p->reorder_scratch, Engine());
+      memory own_wei;
+      if (p->reorder_wei && !shared) own_wei = memory(p->wei, Engine());
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < batch; ++i) {
+        if (failed.load()) continue;
+        float* src_i = src + (src_n == 1 ? 0 : i * src_size);
+        float* wei_i = wei + (wei_n == 1 ? 0 : i * wei_size);
+        float* dst_i = dst + (dst_n == 1 ? 0 : i * dst_size);
+        memory src_m(p->src, Engine(), src_i), dst_m(p->dst, Engine(), dst_i);
+        memory user_wei(p->user_wei, Engine(), wei_i);
+        memory wei_m = !p->reorder_wei ? user_wei : (shared ? shared_wei : own_wei);
+        if (p->reorder_wei && !shared && kind != 2) {
+          p->wei_reorder.execute(s, {{DNNL_ARG_FROM, user_wei}, {DNNL_ARG_TO, wei_m},
+                                     {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+        }
+        if (kind == 0) {
+          p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
+                              {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+        } else if (kind == 1) {
+          p->prim.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
+                              {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+        } else {
+          p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_m},
+                              {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+          if (p->reorder_wei) {
+            p->wei_reorder.execute(s, {{DNNL_ARG_FROM, wei_m}, {DNNL_ARG_TO, user_wei},
+                                       {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+          }
+        }
+      }
+      s.wait();
+    } catch (const dnnl::error& e) {
+      failed = 1;
+      std::lock_guard<std::mutex> lock(message_mutex);
+      message = e.what();
+    }
+  }
+  if (failed.load()) return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN: " + message);
+  return ffi::Error::Success();
+}
+
 // Runs `batch` convolutions of one geometry; each operand has `batch` or 1 slices (1: shared).
 // Calls may run at once on several of XLA's threads: each has its own stream and scratchpads.
 ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t src_n, float* wei,
                int64_t wei_n, float* dst, int64_t dst_n) {
   try {
+    const int threads = static_cast<int>(std::min<int64_t>(batch, omp_get_max_threads()));
+    if (g_parallel_batch.load() && threads > 1 && !omp_in_parallel()) {
+      return RunParallel(kind, g, batch, threads, src, src_n, wei, wei_n, dst, dst_n);
+    }
     auto p = Get(kind, g);
     auto& s = Stream();
     const int64_t src_size = Product(g.src), wei_size = Product(g.wei), dst_size = Product(g.dst);
@@ -299,3 +382,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxMatmulTN, MatmulTN,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+extern "C" void MmjaxSetParallelBatch(int on) { g_parallel_batch = on; }

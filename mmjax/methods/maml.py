@@ -119,6 +119,12 @@ def over_tasks(fn, tasks, how: str):
   return jax.tree.map(lambda *v: jnp.stack(v), *outs)
 
 
+def task_mean(values):
+  """The mean over the leading (task) axis, as a dot with 1/T weights."""
+  weights = jnp.full((values.shape[0],), 1.0 / values.shape[0], values.dtype)
+  return jnp.tensordot(weights, values, axes=1, precision=jax.lax.Precision.HIGHEST)
+
+
 def make_meta_grad(config, model):
   """meta_grad(meta_params, tasks) -> (outer gradient, query-set metrics after adaptation)."""
   meta = config.meta
@@ -127,6 +133,18 @@ def make_meta_grad(config, model):
   def task_objective(meta_params, task):
     adapted = adapt(meta_params, meta_params["model"], task["support"], meta.inner_steps)
     return loss_fn(adapted, task["query"])
+
+  def per_task_then_mean(meta_params, tasks):
+    # The gradient of the mean task loss as the mean of per-task gradients. Differentiating the
+    # mean of vmapped losses sums each gradient over the task axis with XLA's reduce, which ran
+    # conv4's [32, 3, 3, 64, 64] weight gradients at about 6 ms each on XLA:CPU; a dot with the
+    # 1/T weights does the same sum in under 1 ms.
+    def one(task):
+      grads, metrics = jax.grad(task_objective, has_aux=True)(meta_params, task)
+      return grads, metrics
+
+    grads, metrics = jax.vmap(one)(tasks)
+    return jax.tree.map(task_mean, grads), jax.tree.map(jnp.mean, metrics)
 
   def reptile(meta_params, tasks):
     def one(task):
@@ -139,6 +157,8 @@ def make_meta_grad(config, model):
   def meta_grad(meta_params, tasks):
     if meta.algorithm == "reptile":
       return reptile(meta_params, tasks)
+    if meta.task_map == "vmap":
+      return per_task_then_mean(meta_params, tasks)
 
     def objective(mp):
       losses, metrics = over_tasks(functools.partial(task_objective, mp), tasks, meta.task_map)

@@ -96,7 +96,7 @@ def _build() -> pathlib.Path:
       return target
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
       out = pathlib.Path(tmp) / target.name
-      cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+      cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
              f"-I{jax.ffi.include_dir()}", f"-I{include}", str(_SOURCE), f"-L{lib}",
              "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}", "-o", str(out)]
       proc = subprocess.run(cmd, capture_output=True, text=True)
