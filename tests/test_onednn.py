@@ -78,6 +78,31 @@ def _check_values_and_derivatives_of_every_order_match_xla(geometry):
     _close(got, want)
 
 
+def _check_vmapped_batches_match_xla_in_parallel_and_in_sequence():
+  """A vmapped batch of convolutions runs one convolution per OpenMP thread (the default) or each
+  on all threads in turn (MmjaxSetParallelBatch(0)); per-task kernels, shared kernels and their
+  gradients match XLA's either way. MAML's vmapped tasks run this way."""
+  import ctypes
+  lib = ctypes.CDLL(str(onednn._build()))
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(5, 6, 9, 9, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(5, 3, 3, 3, 4)), jnp.float32)
+  fast = functools.partial(onednn.conv, strides=(2, 2), padding="SAME")
+  plain = functools.partial(_xla, strides=(2, 2), padding="SAME", dilation=(1, 1))
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+  try:
+    for parallel in (1, 0):
+      lib.MmjaxSetParallelBatch(parallel)
+      for axes in ((0, 0), (0, None)):  # per-task kernels; one kernel shared by the batch
+        wt = w if axes[1] == 0 else w[0]
+        _close(jax.jit(jax.vmap(fast, axes))(x, wt), jax.vmap(plain, axes)(x, wt))
+        for got, want in zip(jax.jit(jax.vmap(jax.grad(loss(fast), (0, 1)), axes))(x, wt),
+                             jax.vmap(jax.grad(loss(plain), (0, 1)), axes)(x, wt)):
+          _close(got, want)
+  finally:
+    lib.MmjaxSetParallelBatch(1)
+
+
 def _check_other_platforms_lower_to_xla_where_the_cpu_uses_onednn():
   """One jitted function, custom calls on this CPU, XLA's conv and dot for GPU and TPU."""
   conv = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), "SAME"))
@@ -210,10 +235,11 @@ def test_on_one_device_values_derivatives_models_and_flops_match_xla():
       t._check_matmul_tn_values_and_derivatives_of_every_order_match_xla()
       t._check_transformer_with_onednn_dense_grads_matches_its_xla_version()
       t._check_other_platforms_lower_to_xla_where_the_cpu_uses_onednn()
-      print("CHECKED", 6 + len(t.GEOMETRIES))
+      t._check_vmapped_batches_match_xla_in_parallel_and_in_sequence()
+      print("CHECKED", 7 + len(t.GEOMETRIES))
   """
   out = _python(code, SINGLE_DEVICE)
-  assert out.returncode == 0 and f"CHECKED {6 + len(GEOMETRIES)}" in out.stdout, (
+  assert out.returncode == 0 and f"CHECKED {7 + len(GEOMETRIES)}" in out.stdout, (
       out.stdout[-2000:] + out.stderr[-4000:])
 
 

@@ -1,5 +1,4 @@
 """The 4-layer convnet of few-shot learning (Vinyals et al. 2016; Finn et al. 2017, §5.2)."""
-import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -11,6 +10,26 @@ from mmjax.models.norms import BatchStatsNorm
 # MAML's batch norm (Finn et al. 2017, §5.2; their code calls tf.contrib batch_norm in training mode
 # at meta-test too): support and query batches are each normalised by themselves, epsilon 1e-3.
 MAML_NORM_EPSILON = 1e-3
+
+
+class ConvBeforeBatchStats(nn.Module):
+  """A 3x3 "SAME" nn.Conv (the same params, names, shapes and initialisers) whose bias is not
+  added: a BatchStatsNorm follows, which subtracts the batch's per-channel mean, so a per-channel
+  constant cancels exactly (its gradient is exactly 0; nn.Conv's is 0 up to rounding). Skipping it
+  saves a pass over the conv's output and the reduction of the bias gradient (conv4's first layer
+  in MAML: about 23 ms of a 430 ms meta-step on the 2-core CPU). Convs run through fast_ops."""
+  features: int
+  strides: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return ops.conv_general_dilated(x, kernel, (self.strides, self.strides), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class Conv4(nn.Module):
@@ -35,13 +54,14 @@ class Conv4(nn.Module):
       raise ValueError(f"Conv4.pool={self.pool!r}; use 'stride' or 'max'")
     stride = 2 if self.pool == "stride" else 1
     x = x.astype(self.dtype)
-    conv = (functools.partial(nn.Conv, conv_general_dilated=ops.conv_general_dilated)
-            if self.fast_ops else nn.Conv)
     for i in range(4):
-      x = conv(self.width, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
-                  name=f"conv{i + 1}")(x)
-      x = nn.relu(BatchStatsNorm(epsilon=MAML_NORM_EPSILON, dtype=self.dtype,
-                                 name=f"norm{i + 1}")(x))
+      if self.fast_ops:
+        x = ConvBeforeBatchStats(self.width, stride, dtype=self.dtype, name=f"conv{i + 1}")(x)
+      else:
+        x = nn.Conv(self.width, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
+                    name=f"conv{i + 1}")(x)
+      x = BatchStatsNorm(epsilon=MAML_NORM_EPSILON, dtype=self.dtype, relu=True,
+                         name=f"norm{i + 1}")(x)
       if self.pool == "max":
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     features = x.reshape(x.shape[0], -1)

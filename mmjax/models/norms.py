@@ -4,9 +4,14 @@
   0.9 old + 0.1 batch; epsilon 1e-5). Running averages live in the "batch_stats" collection, which
   the engine keeps in TrainState.model_state; eval (train=False) normalises with them.
 - `BatchStatsNorm`: normalises with the current batch's statistics in training and eval alike and
-  keeps no averages (MAML's conv4, the Relation Network's CNN).
+  keeps no averages (MAML's conv4, the Relation Network's CNN). In float32 its gradient is one
+  `jax.custom_vjp` (`batch_stats_norm`), with an optional ReLU fused in.
 """
+import functools
+import math
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -16,20 +21,78 @@ def batch_norm(train: bool, *, dtype=jnp.float32, name: str | None = None) -> nn
                       name=name)
 
 
+def _plain_norm(x, scale, bias, epsilon, relu):
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  var = jnp.mean(jnp.square(x - mean), axes)
+  y = (x - mean) * (scale / jnp.sqrt(var + epsilon)) + bias
+  return jax.nn.relu(y) if relu else y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _fused_norm(x, scale, bias, epsilon, relu):
+  return _plain_norm(x, scale, bias, epsilon, relu)
+
+
+def _fused_norm_fwd(x, scale, bias, epsilon, relu):
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  var = jnp.mean(jnp.square(x - mean), axes)
+  y = (x - mean) * (scale / jnp.sqrt(var + epsilon)) + bias
+  if relu:
+    y = jax.nn.relu(y)
+  return y, (x, mean, var, scale, y)
+
+
+def _fused_norm_bwd(epsilon, relu, residuals, g):
+  # Ioffe & Szegedy 2015, section 3, with m values per channel and x_hat = (x - mean) / sigma:
+  # d bias = sum g, d scale = sum g x_hat, dx = scale / (m sigma) (m g - d bias - x_hat d scale).
+  # Written out, it is two reductions and one elementwise pass; autodiff of the forward made
+  # four reductions and three passes over x's size (conv4 in MAML: about 115 of 480 ms a step).
+  # It is plain jnp, so grad of grad (second-order MAML) differentiates through it.
+  x, mean, var, scale, y = residuals
+  axes = tuple(range(x.ndim - 1))
+  m = math.prod(x.shape[:-1])
+  if relu:
+    g = jnp.where(y > 0, g, jnp.zeros_like(g))  # jax.nn.relu's derivative: 0 at 0
+  inv = 1.0 / jnp.sqrt(var + epsilon)
+  x_hat = (x - mean) * inv
+  d_bias = g.sum(axes)
+  d_scale = (g * x_hat).sum(axes)
+  dx = (scale * inv / m) * (m * g - d_bias - x_hat * d_scale)
+  return dx, d_scale, d_bias
+
+
+_fused_norm.defvjp(_fused_norm_fwd, _fused_norm_bwd)
+
+
+def batch_stats_norm(x, scale, bias, epsilon: float, relu: bool = False, fused: bool = True):
+  """(x - mean) * scale / sqrt(var + epsilon) + bias over all axes but the last, with the batch's
+  mean and (biased) variance, then a ReLU if `relu`. With `fused` (float32 or float64) the gradient is
+  one custom VJP, written out, instead of autodiff's: the same math, fewer passes over x.
+  Reverse mode of any order; forward mode (jax.jvp) needs `fused=False`."""
+  if fused and x.dtype == scale.dtype == bias.dtype and x.dtype in (jnp.float32, jnp.float64):
+    return _fused_norm(x, scale, bias, float(epsilon), bool(relu))
+  return _plain_norm(x, scale, bias, epsilon, relu)
+
+
+# Set to False before tracing to differentiate BatchStatsNorm by autodiff (e.g. for jax.jvp).
+USE_FUSED_GRAD = True
+
+
 class BatchStatsNorm(nn.Module):
   """Batch norm that always normalises with the current batch's statistics (Ioffe & Szegedy 2015,
-  Alg. 1) over all axes but the channels, and keeps no running averages; params "scale", "bias"."""
+  Alg. 1) over all axes but the channels, and keeps no running averages; params "scale", "bias".
+  `relu` applies a ReLU after it, inside the same custom gradient (`batch_stats_norm`)."""
   epsilon: float = 1e-5
   dtype: jnp.dtype = jnp.float32
+  relu: bool = False
 
   @nn.compact
   def __call__(self, x):
     features = x.shape[-1]
-    axes = tuple(range(x.ndim - 1))
     x32 = x.astype(jnp.float32)
-    mean = x32.mean(axes)
-    var = jnp.mean(jnp.square(x32 - mean), axes)
     scale = self.param("scale", nn.initializers.ones, (features,))
     bias = self.param("bias", nn.initializers.zeros, (features,))
-    y = (x32 - mean) * (scale / jnp.sqrt(var + self.epsilon)) + bias
+    y = batch_stats_norm(x32, scale, bias, self.epsilon, self.relu, fused=USE_FUSED_GRAD)
     return y.astype(self.dtype)

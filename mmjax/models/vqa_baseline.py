@@ -35,7 +35,7 @@ class CnnMlpVqa(nn.Module):
     x = inputs[self.image_key].astype(self.dtype)
     for i in range(4):
       x = nn.Conv(self.channels, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"conv{i}")(x)
-      x = nn.relu(BatchStatsNorm(dtype=self.dtype, name=f"norm{i}")(x))
+      x = BatchStatsNorm(dtype=self.dtype, relu=True, name=f"norm{i}")(x)
     x = jnp.concatenate([x.reshape(x.shape[0], -1), question.astype(self.dtype)], axis=-1)
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
     features = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc2")(x))
