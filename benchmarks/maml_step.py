@@ -9,6 +9,11 @@ of the meta trainer's jitted update on one cached device meta-batch, and the hos
 a meta-batch of tasks. With --torch (second-order MAML only; needs requirements-bench.txt) it times
 the PyTorch reference on the same meta-batch in the same run (benchmarks/torch_reference.py,
 MamlConv4Step) and reports each task map's speed ratio to it.
+
+The task maps and the matmul ceiling alternate within each of --repeats repeats (in order, then
+reversed) and medians are reported; the fraction of the ceiling is also given as the median of
+the per-repeat fractions (`fraction_of_ceiling_paired`), since the VM's speed drifts between
+repeats. PyTorch runs its repeats first, before XLA's threads start (see main).
 """
 import json
 import os
@@ -22,6 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -34,14 +40,16 @@ from mmjax.train import meta_trainer, optim, steps  # noqa: E402
 flags.DEFINE_string("arg", "5w1s", "configs/omniglot_maml.py arg")
 flags.DEFINE_list("task_maps", ["unroll", "map", "vmap"], "ways to run the tasks of a meta-batch")
 flags.DEFINE_bool("torch", False, "also time the PyTorch reference and report speed ratios")
-flags.DEFINE_integer("steps", 10, "timed steps per measurement")
+flags.DEFINE_integer("steps", 10, "timed steps per repeat")
+flags.DEFINE_integer("repeats", 5, "alternating repeats; medians are reported")
 flags.DEFINE_string("out", "benchmarks/results/maml_step.json", "JSON output")
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def measure(cfg, source, part):
-  """(first step seconds incl. compile, tasks/s, cost_analysis FLOPs of a step) for cfg."""
+  """(first step seconds incl. compile, runner(n) timing n steps in seconds, cost_analysis FLOPs
+  of a step) for cfg."""
   model = maml.build_model(cfg)
   local = episodes.batch(source, 0, 0, range(cfg.meta.meta_batch))
   example = jnp.zeros((1,) + local["support"]["image"].shape[2:])
@@ -54,27 +62,36 @@ def measure(cfg, source, part):
   flops = flops_lib.cpu_flops(update, state, tasks, rng)  # with XLA's convs: one more compile
   start = time.perf_counter()
   update = update.lower(state, tasks, rng).compile()
-  state, metrics = update(state, tasks, rng)
-  jax.block_until_ready((state, metrics))
+  box = {"state": update(state, tasks, rng)[0]}
+  jax.block_until_ready(box["state"])
   first = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, metrics = update(state, tasks, rng)
-    jax.block_until_ready(metrics)  # one step in flight: the same for both task maps
-  seconds = (time.perf_counter() - start) / FLAGS.steps
-  return first, cfg.meta.meta_batch / seconds, flops
+
+  def run(n):
+    start = time.perf_counter()
+    for _ in range(n):
+      box["state"], metrics = update(box["state"], tasks, rng)
+      jax.block_until_ready(metrics)  # one step in flight: the same for every task map
+    return time.perf_counter() - start
+
+  run(1)
+  return first, run, flops
 
 
-def matmul_ceiling(size: int = 2048, repeats: int = 20) -> float:
-  """FLOP/s of a jitted size^2 float32 matmul: the practical ceiling of these cores."""
+def matmul_runner(size: int = 2048, calls: int = 20):
+  """(runner() timing `calls` jitted size^2 float32 matmuls in seconds, their FLOPs): the
+  practical FLOP/s ceiling of these cores."""
   a, b = (jax.random.normal(jax.random.PRNGKey(i), (size, size)) for i in (0, 1))
   matmul = jax.jit(jnp.matmul)
   jax.block_until_ready(matmul(a, b))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = matmul(a, b)
-  jax.block_until_ready(out)
-  return 2.0 * size ** 3 * repeats / (time.perf_counter() - start)
+
+  def run():
+    start = time.perf_counter()
+    for _ in range(calls):
+      out = matmul(a, b)
+    jax.block_until_ready(out)
+    return time.perf_counter() - start
+
+  return run, 2.0 * size ** 3 * calls
 
 
 def measure_torch(cfg, source):
@@ -92,12 +109,15 @@ def measure_torch(cfg, source):
   start = time.perf_counter()
   step()
   first = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    step()
-  seconds = (time.perf_counter() - start) / FLAGS.steps
+  per_repeat = []
+  for _ in range(FLAGS.repeats):
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      step()
+    per_repeat.append(cfg.meta.meta_batch * FLAGS.steps / (time.perf_counter() - start))
   return {"task_map": "torch", "first_step_s": first,
-          "tasks_per_s": cfg.meta.meta_batch / seconds, "torch": torch.__version__}
+          "tasks_per_s": float(np.median(per_repeat)), "tasks_per_s_repeats": per_repeat,
+          "torch": torch.__version__}
 
 
 def main(argv):
@@ -113,19 +133,30 @@ def main(argv):
   # PyTorch first: once XLA:CPU's thread pool has run, torch's OpenMP threads on these 2 cores ran
   # a meta-step 60x slower in the same process.
   torch_row = measure_torch(base, source) if FLAGS.torch else None
+  runners = {}
   for task_map in FLAGS.task_maps:
     cfg = config_lib.load_with_overrides(str(REPO / f"configs/omniglot_maml.py:{FLAGS.arg}"),
                                          {"meta.task_map": task_map})
-    first, tasks_per_s, flops = measure(cfg, source, part)
-    rows.append({"task_map": task_map, "first_step_s": first, "tasks_per_s": tasks_per_s,
-                 "gflop_counted": flops / 1e9})
+    first, run, flops = measure(cfg, source, part)
+    runners[task_map] = run
+    rows.append({"task_map": task_map, "first_step_s": first, "gflop_counted": flops / 1e9})
+  matmul, matmul_flops = matmul_runner()
+  seconds = {name: [] for name in [*runners, "matmul"]}
+  for r in range(FLAGS.repeats):
+    for name in (list(seconds) if r % 2 == 0 else list(reversed(seconds))):
+      seconds[name].append(matmul() if name == "matmul" else runners[name](FLAGS.steps))
+  ceilings = matmul_flops / np.asarray(seconds["matmul"])
+  ceiling = float(np.median(ceilings))
   # cost_analysis() counts a while loop's body once (lax.map's 32 tasks count as 1), so every row
   # uses the largest count, that of a loop-free program (unroll or vmap): the same math.
   step_flops = max(row["gflop_counted"] for row in rows) * 1e9
-  ceiling = matmul_ceiling()
   for row in rows:
+    per_step = np.asarray(seconds[row["task_map"]]) / FLAGS.steps
+    row["tasks_per_s_repeats"] = (base.meta.meta_batch / per_step).tolist()
+    row["tasks_per_s"] = float(np.median(base.meta.meta_batch / per_step))
     row["gflops"] = step_flops * row["tasks_per_s"] / base.meta.meta_batch / 1e9
     row["fraction_of_ceiling"] = row["gflops"] * 1e9 / ceiling
+    row["fraction_of_ceiling_paired"] = float(np.median(step_flops / per_step / ceilings))
   if torch_row:
     for row in rows:
       row["speed_vs_torch"] = row["tasks_per_s"] / torch_row["tasks_per_s"]
@@ -134,21 +165,25 @@ def main(argv):
       "benchmark": "maml_meta_step", "arg": FLAGS.arg, "algorithm": base.meta.algorithm,
       "ways": base.meta.ways, "shots": base.meta.shots, "queries": base.meta.queries,
       "meta_batch": base.meta.meta_batch, "inner_steps": base.meta.inner_steps,
-      "steps": FLAGS.steps, "rows": rows, "host_sample_s_per_meta_batch": sample_s,
-      "matmul_ceiling_gflops": ceiling / 1e9,
+      "steps": FLAGS.steps, "repeats": FLAGS.repeats, "rows": rows,
+      "host_sample_s_per_meta_batch": sample_s, "matmul_ceiling_gflops": ceiling / 1e9,
+      "matmul_ceiling_gflops_repeats": (ceilings / 1e9).tolist(),
       "devices": jax.device_count(), "platform": jax.devices()[0].platform,
       "device_kind": jax.devices()[0].device_kind, "host": platform.node(),
       "cpu_count": os.cpu_count(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
   }
   print(f"{'task map':<10}{'first step (s)':>16}{'tasks/s':>12}{'vs torch':>10}{'GFLOP/s':>9}"
-        f"{'of ceil.':>10}")
+        f"{'of ceil.':>10}{'paired':>8}")
   for row in rows:
     ratio = f"{row['speed_vs_torch']:.2f}x" if "speed_vs_torch" in row else ""
     gflops = f"{row['gflops']:.1f}" if "gflops" in row else ""
     frac = f"{row['fraction_of_ceiling']:.2f}" if "fraction_of_ceiling" in row else ""
+    paired = (f"{row['fraction_of_ceiling_paired']:.2f}" if "fraction_of_ceiling_paired" in row
+              else "")
     print(f"{row['task_map']:<10}{row['first_step_s']:>16.2f}{row['tasks_per_s']:>12.1f}"
-          f"{ratio:>10}{gflops:>9}{frac:>10}")
-  print(f"matmul ceiling: {ceiling / 1e9:.1f} GFLOP/s (jitted 2048^2 f32, same run)")
+          f"{ratio:>10}{gflops:>9}{frac:>10}{paired:>8}")
+  print(f"matmul ceiling: {ceiling / 1e9:.1f} GFLOP/s (jitted 2048^2 f32, median of the repeats; "
+        f"{min(ceilings) / 1e9:.0f}-{max(ceilings) / 1e9:.0f})")
   print(f"host task sampling: {sample_s:.3f} s per meta-batch of {base.meta.meta_batch}")
   print(f"devices: {result['devices']} x {result['device_kind']} ({result['platform']})")
   out = pathlib.Path(FLAGS.out)
