@@ -100,23 +100,36 @@ def test_patch_conv_matches_xla_strided_conv_values_and_gradients(shape, kernel)
     assert "conv_general_dilated" in jaxpr
 
 
-def test_fast_lenet_has_the_plain_params_outputs_and_gradients():
+@pytest.mark.parametrize("kwargs", [{}, dict(channels=(20, 50), hidden=500, features=256,
+                                             dropout=0.5, bottleneck_norm=True,
+                                             center_inputs=True)])
+def test_fast_lenet_has_the_plain_params_outputs_and_gradients(kwargs):
+  """The fast LeNet (its convs' biases added after the max-pools, lenet.BIAS_AFTER_POOL) against
+  nn.Conv, relu and nn.max_pool: the same params, outputs and gradients, with nonzero conv biases,
+  and with TLL's channel dropout (the same mask) and batch norm in training mode."""
   x = jax.random.uniform(jax.random.PRNGKey(0), (6, 28, 28, 1))
-  fast, plain = LeNet(), LeNet(fast_ops=False)
-  params = fast.init(jax.random.PRNGKey(1), x)["params"]
-  _close_trees(params, plain.init(jax.random.PRNGKey(1), x)["params"], rtol=0, atol=0)
+  fast, plain = LeNet(**kwargs), LeNet(fast_ops=False, **kwargs)
+  variables = fast.init(jax.random.PRNGKey(1), x)
+  _close_trees(variables, plain.init(jax.random.PRNGKey(1), x), rtol=0, atol=0)
+  params = jax.tree.map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size).reshape(v.shape)),
+                        variables["params"])
+  others = {k: v for k, v in variables.items() if k != "params"}
+
+  def logits(model, p):
+    return model.apply({"params": p, **others}, x, train=True,
+                       rngs={"dropout": jax.random.PRNGKey(2)}, mutable=list(others))[0]["logits"]
 
   def loss(model):
-    return lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x)["logits"]))
+    return lambda p: jnp.sum(jnp.sin(logits(model, p)))
 
-  np.testing.assert_allclose(fast.apply({"params": params}, x)["logits"],
-                             plain.apply({"params": params}, x)["logits"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits(fast, params), logits(plain, params), rtol=1e-5, atol=1e-5)
   _close_trees(jax.grad(loss(fast))(params), jax.grad(loss(plain))(params), rtol=1e-4, atol=1e-5)
 
 
 def test_tll_lenet_sizes_and_channel_dropout():
   """Transfer-Learning-Library's digits LeNet: its parameter count from the layer sizes, and its
-  Dropout2d zeroes whole conv2 channels (a channel's 8x8 map is all zero or all scaled by 2)."""
+  Dropout2d zeroes whole conv2 channels (a channel's pooled 4x4 map is all zero or all scaled
+  by 2)."""
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
   model = LeNet(channels=(20, 50), hidden=500, features=256, dropout=0.5)
   params = model.init(jax.random.PRNGKey(1), x)["params"]
@@ -132,7 +145,7 @@ def test_tll_lenet_sizes_and_channel_dropout():
                                     mutable=["intermediates"])[1]["intermediates"]
   dropped = np.asarray(jax.tree.leaves(conv2(True))[0])  # the first Dropout: after conv2
   kept = np.asarray(jax.tree.leaves(conv2(False))[0])
-  assert dropped.shape == (4, 8, 8, 50)
+  assert dropped.shape == (4, 4, 4, 50)  # the fast path drops channels after conv2's max-pool
   zero = np.all(dropped == 0, axis=(1, 2))
   assert 0.2 < zero.mean() < 0.8
   alive = np.broadcast_to(~zero[:, None, None, :], dropped.shape)

@@ -8,14 +8,32 @@ from mmjax.models import fast_ops as ops
 from mmjax.models import norms
 
 
+# Whether the fast path adds each conv's bias after its max-pool (see LeNet.__call__).
+BIAS_AFTER_POOL = True
+
+
+class ConvParams(nn.Module):
+  """nn.Conv's params for a conv whose bias the caller adds: "kernel" then "bias", with nn.Conv's
+  shapes, names and initialisers (the same values from the same key)."""
+  features: int
+  kernel_size: tuple
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (*self.kernel_size, in_features, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    return kernel, bias
+
+
 class LeNet(nn.Module):
   """conv 32 5x5 -> pool -> conv 48 5x5 -> pool -> 100 -> 100 -> classes.
 
   Returns a dict with `features` (the output of the feature extractor, `features` wide, 100 by
   default) and `logits`, so that domain-adaptation losses can use the features. `fast_ops` computes
-  the convs and pools with `mmjax.models.fast_ops` (the same function and params, faster on
-  XLA:CPU); False uses XLA's own conv and reduce_window, the plain reference the fast version is
-  tested against.
+  the convs and pools with `mmjax.models.fast_ops` and adds each conv's bias after its max-pool
+  (the same function and params, faster on XLA:CPU); False uses nn.Conv, relu and nn.max_pool,
+  the plain reference the fast version is tested against.
 
   `channels`, `hidden`, `features` and `dropout` give the other LeNets of the domain-adaptation
   literature; Transfer-Learning-Library's digits LeNet is channels (20, 50), hidden 500, features
@@ -48,12 +66,26 @@ class LeNet(nn.Module):
     x = x.astype(self.dtype)
     if self.center_inputs:
       x = 2.0 * x - 1.0
-    x = conv(self.channels[0], (5, 5), padding="VALID", dtype=self.dtype, name="conv1")(x)
-    x = pool_relu(x)
-    x = conv(self.channels[1], (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
-    if self.dropout:  # whole channels (Dropout2d); it commutes with the ReLU and the max-pool
-      x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
-    x = pool_relu(x)
+    if self.fast_ops and BIAS_AFTER_POOL:
+      # conv without its bias, max-pool, then the bias: max(x + b) = max(x) + b for a per-channel
+      # b, exactly in floating point too (rounding is monotone), on a quarter of the elements,
+      # and the pool's gradient reads the conv's output itself. Channel dropout (a per-channel
+      # factor >= 0) and the ReLU commute with the pool as well.
+      for i, width in enumerate(self.channels):
+        kernel, bias = ConvParams(width, (5, 5), name=f"conv{i + 1}")(x.shape[-1])
+        x = ops.conv_general_dilated(x, kernel.astype(self.dtype), (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = ops.max_pool(x, (2, 2)) + bias.astype(self.dtype)
+        if i == 1 and self.dropout:  # whole channels (Dropout2d)
+          x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
+        x = nn.relu(x)
+    else:
+      x = conv(self.channels[0], (5, 5), padding="VALID", dtype=self.dtype, name="conv1")(x)
+      x = pool_relu(x)
+      x = conv(self.channels[1], (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
+      if self.dropout:  # whole channels (Dropout2d); it commutes with the ReLU and the max-pool
+        x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
+      x = pool_relu(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
     if self.dropout:

@@ -68,8 +68,8 @@ _fused_norm.defvjp(_fused_norm_fwd, _fused_norm_bwd)
 
 def batch_stats_norm(x, scale, bias, epsilon: float, relu: bool = False, fused: bool = True):
   """(x - mean) * scale / sqrt(var + epsilon) + bias over all axes but the last, with the batch's
-  mean and (biased) variance, then a ReLU if `relu`. With `fused` (float32 or float64) the gradient is
-  one custom VJP, written out, instead of autodiff's: the same math, fewer passes over x.
+  mean and (biased) variance, then a ReLU if `relu`. With `fused` (float32 or float64) the
+  gradient is one custom VJP, written out, instead of autodiff's: the same math, fewer passes.
   Reverse mode of any order; forward mode (jax.jvp) needs `fused=False`."""
   if fused and x.dtype == scale.dtype == bias.dtype and x.dtype in (jnp.float32, jnp.float64):
     return _fused_norm(x, scale, bias, float(epsilon), bool(relu))
