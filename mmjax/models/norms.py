@@ -4,8 +4,8 @@
   0.9 old + 0.1 batch; epsilon 1e-5). Running averages live in the "batch_stats" collection, which
   the engine keeps in TrainState.model_state; eval (train=False) normalises with them.
 - `BatchStatsNorm`: normalises with the current batch's statistics in training and eval alike and
-  keeps no averages (MAML's conv4, the Relation Network's CNN). In float32 its gradient is one
-  `jax.custom_vjp` (`batch_stats_norm`), with an optional ReLU fused in.
+  keeps no averages (MAML's conv4, the Relation Network's CNN). In float32 and float64 its
+  gradient is one `jax.custom_vjp` (`batch_stats_norm`), with an optional ReLU fused in.
 """
 import functools
 import math
