@@ -23,7 +23,9 @@ Args: <image|strokes|image_strokes>[_cpu], e.g. image_strokes_cpu.
   steps overshoot).
 - _cpu: the budget of this 2-core CPU machine: 5 queries per class, meta-batch 8, 1000
   meta-iterations, 600 test tasks, tasks unrolled in the step (meta.task_map = "unroll": 11.1
-  meta-steps/s here against 3.2 with lax.map and 2.3 with vmap).
+  meta-steps/s here against 3.2 with lax.map and 2.3 with vmap; on 2026-11-28, after vmapped oneDNN
+  convs went one task per core, image_strokes_cpu still ran 6.6 meta-steps/s unrolled against 4.4
+  with vmap, so this config keeps unroll, unlike omniglot_maml.py's _cpu configs).
 """
 from mmjax.config import base_config
 
