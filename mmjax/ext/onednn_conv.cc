@@ -173,6 +173,39 @@ dnnl::stream& Stream() {
   return *tls_stream;
 }
 
+// Convolution i of a batch: slice i of each operand (slice 0 of one shared by the batch). `wei_m`
+// holds the primitive's weights when they need a reorder: from the user's layout before the call
+// when `reorder_in` (forward and input gradient), back to it after (weight gradient).
+void ExecuteOne(int kind, const Prim& p, dnnl::stream& s, const Geometry& g, int64_t i, float* src,
+                int64_t src_n, float* wei, int64_t wei_n, float* dst, int64_t dst_n,
+                const memory& wei_m, bool reorder_in, const memory& scratch,
+                const memory& reorder_scratch) {
+  float* src_i = src + (src_n == 1 ? 0 : i * Product(g.src));
+  float* wei_i = wei + (wei_n == 1 ? 0 : i * Product(g.wei));
+  float* dst_i = dst + (dst_n == 1 ? 0 : i * Product(g.dst));
+  memory src_m(p.src, Engine(), src_i), dst_m(p.dst, Engine(), dst_i);
+  memory user_wei(p.user_wei, Engine(), wei_i);
+  const memory& w = p.reorder_wei ? wei_m : user_wei;
+  if (p.reorder_wei && reorder_in) {
+    p.wei_reorder.execute(s, {{DNNL_ARG_FROM, user_wei}, {DNNL_ARG_TO, w},
+                              {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+  }
+  if (kind == 0) {
+    p.prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst_m},
+                       {DNNL_ARG_SCRATCHPAD, scratch}});
+  } else if (kind == 1) {
+    p.prim.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, w},
+                       {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+  } else {
+    p.prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, w},
+                       {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    if (p.reorder_wei) {
+      p.wei_reorder.execute(s, {{DNNL_ARG_FROM, w}, {DNNL_ARG_TO, user_wei},
+                                {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+    }
+  }
+}
+
 std::atomic<int> g_parallel_batch{1};
 
 // The batch's convolutions on `threads` OpenMP threads at once, each convolution on one thread.
@@ -181,7 +214,6 @@ std::atomic<int> g_parallel_batch{1};
 ffi::Error RunParallel(int kind, const Geometry& g, int64_t batch, int threads, float* src,
                        int64_t src_n, float* wei, int64_t wei_n, float* dst, int64_t dst_n) {
   auto p = Get(kind, g, /*serial=*/true);
-  const int64_t src_size = Product(g.src), wei_size = Product(g.wei), dst_size = Product(g.dst);
   // Shared weights (forward and input gradient at one set of weights): reordered once, read by all.
   memory shared_wei;
   const bool shared = p->reorder_wei && kind != 2 && wei_n == 1;
@@ -208,30 +240,9 @@ ffi::Error RunParallel(int kind, const Geometry& g, int64_t batch, int threads, 
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < batch; ++i) {
         if (failed.load()) continue;
-        float* src_i = src + (src_n == 1 ? 0 : i * src_size);
-        float* wei_i = wei + (wei_n == 1 ? 0 : i * wei_size);
-        float* dst_i = dst + (dst_n == 1 ? 0 : i * dst_size);
-        memory src_m(p->src, Engine(), src_i), dst_m(p->dst, Engine(), dst_i);
-        memory user_wei(p->user_wei, Engine(), wei_i);
-        memory wei_m = !p->reorder_wei ? user_wei : (shared ? shared_wei : own_wei);
-        if (p->reorder_wei && !shared && kind != 2) {
-          p->wei_reorder.execute(s, {{DNNL_ARG_FROM, user_wei}, {DNNL_ARG_TO, wei_m},
-                                     {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
-        }
-        if (kind == 0) {
-          p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
-                              {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-        } else if (kind == 1) {
-          p->prim.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
-                              {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-        } else {
-          p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_m},
-                              {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-          if (p->reorder_wei) {
-            p->wei_reorder.execute(s, {{DNNL_ARG_FROM, wei_m}, {DNNL_ARG_TO, user_wei},
-                                       {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
-          }
-        }
+        ExecuteOne(kind, *p, s, g, i, src, src_n, wei, wei_n, dst, dst_n,
+                   shared ? shared_wei : own_wei, /*reorder_in=*/!shared && kind != 2, scratch,
+                   reorder_scratch);
       }
       s.wait();
     } catch (const dnnl::error& e) {
@@ -255,37 +266,13 @@ ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t s
     }
     auto p = Get(kind, g);
     auto& s = Stream();
-    const int64_t src_size = Product(g.src), wei_size = Product(g.wei), dst_size = Product(g.dst);
     memory wei_m;
     if (p->reorder_wei) wei_m = memory(p->wei, Engine());  // library-allocated blocked weights
     memory scratch(p->scratch, Engine());
     memory reorder_scratch(p->reorder_scratch, Engine());
-    auto reorder = [&](memory& from, memory& to) {
-      p->wei_reorder.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
-                                 {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
-    };
     for (int64_t i = 0; i < batch; ++i) {
-      float* src_i = src + (src_n == 1 ? 0 : i * src_size);
-      float* wei_i = wei + (wei_n == 1 ? 0 : i * wei_size);
-      float* dst_i = dst + (dst_n == 1 ? 0 : i * dst_size);
-      memory src_m(p->src, Engine(), src_i), dst_m(p->dst, Engine(), dst_i);
-      memory user_wei(p->user_wei, Engine(), wei_i);
-      if (!p->reorder_wei) {
-        wei_m = user_wei;
-      } else if (kind != 2 && (i == 0 || wei_n != 1)) {
-        reorder(user_wei, wei_m);
-      }
-      if (kind == 0) {
-        p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
-                            {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-      } else if (kind == 1) {
-        p->prim.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m},
-                            {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-      } else {
-        p->prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_m},
-                            {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-        if (p->reorder_wei) reorder(wei_m, user_wei);
-      }
+      ExecuteOne(kind, *p, s, g, i, src, src_n, wei, wei_n, dst, dst_n, wei_m,
+                 /*reorder_in=*/kind != 2 && (i == 0 || wei_n != 1), scratch, reorder_scratch);
     }
     s.wait();
   } catch (const dnnl::error& e) {
