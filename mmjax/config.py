@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.loss = "cross_entropy"    # cross_entropy (classification) | mse (regression)
   c.meta.head = "head"             # anil: params under this top-level name are adapted
   c.meta.task_map = "vmap"         # how a meta-batch's tasks run in the step: vmap | map (lax.map)
+                                   # | unroll (one copy per task); the same math
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -256,12 +257,13 @@ def _fill_missing(loaded: dict, defaults: dict) -> dict:
 
 # Fields a run may change between its starts in one workdir: where files live, how often it logs,
 # evaluates and saves, what it evaluates, how it is laid out on devices (jit or pmap, alone or in a
-# sweep), and train.steps (to extend a finished run; schedules that depend on it change from the
+# sweep, a meta-batch's tasks vmapped, mapped or unrolled: the same math), and train.steps (to extend a finished run; schedules that depend on it change from the
 # resumed step on). Any other change makes it a different run, which must not resume this one's
 # checkpoint or take its results.
 RESUME_FREE_FIELDS = ("data.dir", "data.tfds_dir", "data.arrays_dir", "eval_every", "eval_batch",
                       "evals", "train.log_every", "train.sweep_axis", "train.steps", "parallel",
-                      "checkpoint", "meta.test_tasks", "meta.test_inner_steps", "resume_check")
+                      "checkpoint", "meta.test_tasks", "meta.test_inner_steps", "meta.task_map",
+                      "resume_check")
 
 
 class ConfigMismatchError(ConfigError):

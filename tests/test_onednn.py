@@ -84,21 +84,33 @@ def _check_vmapped_batches_match_xla_in_parallel_and_in_sequence():
   gradients match XLA's either way. MAML's vmapped tasks run this way."""
   import ctypes
   lib = ctypes.CDLL(str(onednn._build()))
+  lib.MmjaxParallelBatchCalls.restype = ctypes.c_int64
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(5, 6, 9, 9, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(5, 3, 3, 3, 4)), jnp.float32)
   fast = functools.partial(onednn.conv, strides=(2, 2), padding="SAME")
   plain = functools.partial(_xla, strides=(2, 2), padding="SAME", dilation=(1, 1))
   loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+  # Nested vmaps where each operand is batched along one axis only: leading dims (5, 1) and (1, 5)
+  # (a vmapped sweep of runs around MAML's vmapped tasks has this form).
+  nested = lambda conv: jax.vmap(jax.vmap(conv, (None, 0)), (0, None))  # noqa: E731
   try:
     for parallel in (1, 0):
       lib.MmjaxSetParallelBatch(parallel)
+      calls = lib.MmjaxParallelBatchCalls()
       for axes in ((0, 0), (0, None)):  # per-task kernels; one kernel shared by the batch
         wt = w if axes[1] == 0 else w[0]
         _close(jax.jit(jax.vmap(fast, axes))(x, wt), jax.vmap(plain, axes)(x, wt))
         for got, want in zip(jax.jit(jax.vmap(jax.grad(loss(fast), (0, 1)), axes))(x, wt),
                              jax.vmap(jax.grad(loss(plain), (0, 1)), axes)(x, wt)):
           _close(got, want)
+      _close(jax.jit(nested(fast))(x, w), nested(plain)(x, w))
+      for got, want in zip(jax.jit(nested(jax.grad(loss(fast), (0, 1))))(x, w),
+                           nested(jax.grad(loss(plain), (0, 1)))(x, w)):
+        _close(got, want)
+      # The test process has 2 OpenMP threads (SINGLE_DEVICE), so batches of 5 take the parallel
+      # path exactly when it is on.
+      assert (lib.MmjaxParallelBatchCalls() > calls) == bool(parallel), parallel
   finally:
     lib.MmjaxSetParallelBatch(1)
 
@@ -215,7 +227,7 @@ def _check_transformer_with_onednn_dense_grads_matches_its_xla_version():
     _close(got, want, rtol=1e-5)
 
 
-SINGLE_DEVICE = {"XLA_FLAGS": xla_flags(1)}
+SINGLE_DEVICE = {"XLA_FLAGS": xla_flags(1), "OMP_NUM_THREADS": "2"}
 
 
 def test_on_one_device_values_derivatives_models_and_flops_match_xla():

@@ -4,8 +4,8 @@
 //   mmjax_conv_fwd(x[N,H,W,C], w[KH,KW,C,O]) -> y[N,OH,OW,O]
 //   mmjax_conv_bwd_data(dy[N,OH,OW,O], w) -> dx[N,H,W,C]        (shape from the result)
 //   mmjax_conv_bwd_weights(x, dy) -> dw[KH,KW,C,O]               (shape from the result)
-// Leading dimensions before the last four (vmap's) index independent convolutions; an operand
-// whose leading size is 1 is shared by all of them.
+// Leading dimensions before the last four (vmap's) index independent convolutions: the result's
+// leading dimensions, which each operand has too, with size 1 where it is shared (broadcast).
 // Attributes: strides (sh, sw), padding (pt, pb, pl, pr), kernel dilation (dh, dw; 1 = none).
 // Built at first use by mmjax/models/onednn.py; primitives are cached per shape and attribute set.
 //
@@ -155,10 +155,35 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
   return g;
 }
 
-int64_t Leading(ffi::Span<const int64_t> d) {
-  int64_t n = 1;
-  for (size_t i = 0; i + 4 < d.size(); ++i) n *= d[i];
-  return n;
+// The leading (vmap) dimensions of a call: those of the result (`out`), and each operand's, which
+// equal out's or are 1 where the operand is shared (as vmap_method="expand_dims" leaves them).
+struct Operand {
+  float* data;
+  std::vector<int64_t> lead;
+};
+
+std::vector<int64_t> Lead(ffi::Span<const int64_t> d) {
+  return std::vector<int64_t>(d.begin(), d.begin() + (d.size() - 4));
+}
+
+// Index of the slice of `op` that batch element i (row-major over `out`) reads or writes.
+int64_t SliceOf(const std::vector<int64_t>& op, const std::vector<int64_t>& out, int64_t i) {
+  int64_t index = 0, stride = 1;
+  for (size_t d = out.size(); d-- > 0;) {
+    const int64_t c = i % out[d];
+    i /= out[d];
+    if (op[d] != 1) index += c * stride;
+    stride *= op[d];
+  }
+  return index;
+}
+
+bool Broadcasts(const std::vector<int64_t>& op, const std::vector<int64_t>& out) {
+  if (op.size() != out.size()) return false;
+  for (size_t d = 0; d < op.size(); ++d) {
+    if (op[d] != out[d] && op[d] != 1) return false;
+  }
+  return true;
 }
 
 int64_t Product(const memory::dims& d) {
@@ -173,16 +198,16 @@ dnnl::stream& Stream() {
   return *tls_stream;
 }
 
-// Convolution i of a batch: slice i of each operand (slice 0 of one shared by the batch). `wei_m`
+// Convolution i of a batch: the slice of each operand it reads or writes. `wei_m`
 // holds the primitive's weights when they need a reorder: from the user's layout before the call
 // when `reorder_in` (forward and input gradient), back to it after (weight gradient).
-void ExecuteOne(int kind, const Prim& p, dnnl::stream& s, const Geometry& g, int64_t i, float* src,
-                int64_t src_n, float* wei, int64_t wei_n, float* dst, int64_t dst_n,
-                const memory& wei_m, bool reorder_in, const memory& scratch,
+void ExecuteOne(int kind, const Prim& p, dnnl::stream& s, const Geometry& g, int64_t i,
+                const std::vector<int64_t>& out, const Operand& src, const Operand& wei,
+                const Operand& dst, const memory& wei_m, bool reorder_in, const memory& scratch,
                 const memory& reorder_scratch) {
-  float* src_i = src + (src_n == 1 ? 0 : i * Product(g.src));
-  float* wei_i = wei + (wei_n == 1 ? 0 : i * Product(g.wei));
-  float* dst_i = dst + (dst_n == 1 ? 0 : i * Product(g.dst));
+  float* src_i = src.data + SliceOf(src.lead, out, i) * Product(g.src);
+  float* wei_i = wei.data + SliceOf(wei.lead, out, i) * Product(g.wei);
+  float* dst_i = dst.data + SliceOf(dst.lead, out, i) * Product(g.dst);
   memory src_m(p.src, Engine(), src_i), dst_m(p.dst, Engine(), dst_i);
   memory user_wei(p.user_wei, Engine(), wei_i);
   const memory& w = p.reorder_wei ? wei_m : user_wei;
@@ -207,62 +232,87 @@ void ExecuteOne(int kind, const Prim& p, dnnl::stream& s, const Geometry& g, int
 }
 
 std::atomic<int> g_parallel_batch{1};
+std::atomic<int64_t> g_parallel_calls{0};
 
 // The batch's convolutions on `threads` OpenMP threads at once, each convolution on one thread.
 // vmap's batches (MAML's tasks) are many small convolutions; oneDNN splits each over both cores
 // with a barrier per call, where one convolution per core keeps both busy without one.
-ffi::Error RunParallel(int kind, const Geometry& g, int64_t batch, int threads, float* src,
-                       int64_t src_n, float* wei, int64_t wei_n, float* dst, int64_t dst_n) {
+ffi::Error RunParallel(int kind, const Geometry& g, const std::vector<int64_t>& out, int64_t batch,
+                       int threads, const Operand& src, const Operand& wei, const Operand& dst) {
   auto p = Get(kind, g, /*serial=*/true);
+  g_parallel_calls.fetch_add(1);
   // Shared weights (forward and input gradient at one set of weights): reordered once, read by all.
   memory shared_wei;
-  const bool shared = p->reorder_wei && kind != 2 && wei_n == 1;
+  const bool shared = p->reorder_wei && kind != 2 && Product(wei.lead) == 1;
   if (shared) {
     shared_wei = memory(p->wei, Engine());
-    memory user_wei(p->user_wei, Engine(), wei);
+    memory user_wei(p->user_wei, Engine(), wei.data);
     memory reorder_scratch(p->reorder_scratch, Engine());
     auto& s = Stream();
     p->wei_reorder.execute(s, {{DNNL_ARG_FROM, user_wei}, {DNNL_ARG_TO, shared_wei},
                                {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
     s.wait();
   }
+  // No exception may leave the parallel region or skip its loop's barrier: each thread records
+  // the first error, the remaining iterations are skipped, and it is returned after the region.
   std::atomic<int> failed{0};
   std::string message;
   std::mutex message_mutex;
+  auto record = [&](const char* what) {
+    std::lock_guard<std::mutex> lock(message_mutex);
+    if (!failed.exchange(1)) message = what;
+  };
 #pragma omp parallel num_threads(threads)
   {
+    std::unique_ptr<dnnl::stream> s;
+    memory scratch, reorder_scratch, own_wei;
     try {
-      dnnl::stream s(Engine());
-      memory scratch(p->scratch, Engine());
-      memory reorder_scratch(p->reorder_scratch, Engine());
-      memory own_wei;
+      s = std::make_unique<dnnl::stream>(Engine());
+      scratch = memory(p->scratch, Engine());
+      reorder_scratch = memory(p->reorder_scratch, Engine());
       if (p->reorder_wei && !shared) own_wei = memory(p->wei, Engine());
+    } catch (const std::exception& e) {
+      record(e.what());
+    }
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < batch; ++i) {
-        if (failed.load()) continue;
-        ExecuteOne(kind, *p, s, g, i, src, src_n, wei, wei_n, dst, dst_n,
-                   shared ? shared_wei : own_wei, /*reorder_in=*/!shared && kind != 2, scratch,
-                   reorder_scratch);
+    for (int64_t i = 0; i < batch; ++i) {
+      if (failed.load()) continue;
+      try {
+        ExecuteOne(kind, *p, *s, g, i, out, src, wei, dst, shared ? shared_wei : own_wei,
+                   /*reorder_in=*/!shared && kind != 2, scratch, reorder_scratch);
+      } catch (const std::exception& e) {
+        record(e.what());
       }
-      s.wait();
-    } catch (const dnnl::error& e) {
-      failed = 1;
-      std::lock_guard<std::mutex> lock(message_mutex);
-      message = e.what();
+    }
+    try {
+      if (s) s->wait();
+    } catch (const std::exception& e) {
+      record(e.what());
     }
   }
   if (failed.load()) return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN: " + message);
   return ffi::Error::Success();
 }
 
-// Runs `batch` convolutions of one geometry; each operand has `batch` or 1 slices (1: shared).
-// Calls may run at once on several of XLA's threads: each has its own stream and scratchpads.
-ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t src_n, float* wei,
-               int64_t wei_n, float* dst, int64_t dst_n) {
+// Runs the batch of convolutions of one geometry that the result's leading dimensions `out`
+// index. Calls may run at once on several of XLA's threads: each has its own stream and
+// scratchpads.
+ffi::Error Run(int kind, const Geometry& g, const std::vector<int64_t>& out, const Operand& src,
+               const Operand& wei, const Operand& dst) {
+  for (const Operand* op : {&src, &wei, &dst}) {
+    if (!Broadcasts(op->lead, out)) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                        "mmjax oneDNN conv: an operand's leading (vmap) dimensions neither equal "
+                        "the result's nor are 1");
+    }
+  }
+  const int64_t batch = Product(out);
   try {
-    const int threads = static_cast<int>(std::min<int64_t>(batch, omp_get_max_threads()));
-    if (g_parallel_batch.load() && threads > 1 && !omp_in_parallel()) {
-      return RunParallel(kind, g, batch, threads, src, src_n, wei, wei_n, dst, dst_n);
+    // One conv per thread when the batch fills the threads; a smaller batch keeps oneDNN's own
+    // threading of each conv, which uses every core.
+    const int threads = omp_get_max_threads();
+    if (g_parallel_batch.load() && threads > 1 && batch >= threads && !omp_in_parallel()) {
+      return RunParallel(kind, g, out, batch, threads, src, wei, dst);
     }
     auto p = Get(kind, g);
     auto& s = Stream();
@@ -270,12 +320,13 @@ ffi::Error Run(int kind, const Geometry& g, int64_t batch, float* src, int64_t s
     if (p->reorder_wei) wei_m = memory(p->wei, Engine());  // library-allocated blocked weights
     memory scratch(p->scratch, Engine());
     memory reorder_scratch(p->reorder_scratch, Engine());
+    const bool shared_wei = Product(wei.lead) == 1;
     for (int64_t i = 0; i < batch; ++i) {
-      ExecuteOne(kind, *p, s, g, i, src, src_n, wei, wei_n, dst, dst_n, wei_m,
-                 /*reorder_in=*/kind != 2 && (i == 0 || wei_n != 1), scratch, reorder_scratch);
+      ExecuteOne(kind, *p, s, g, i, out, src, wei, dst, wei_m,
+                 /*reorder_in=*/kind != 2 && (i == 0 || !shared_wei), scratch, reorder_scratch);
     }
     s.wait();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
   }
   return ffi::Error::Success();
@@ -286,8 +337,8 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
   auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr,
                         dh, dw);
-  return Run(0, g, Leading(y->dimensions()), x.typed_data(), Leading(x.dimensions()),
-             w.typed_data(), Leading(w.dimensions()), y->typed_data(), Leading(y->dimensions()));
+  return Run(0, g, Lead(y->dimensions()), {x.typed_data(), Lead(x.dimensions())},
+             {w.typed_data(), Lead(w.dimensions())}, {y->typed_data(), Lead(y->dimensions())});
 }
 
 ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
@@ -295,8 +346,8 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                        int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
   auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr,
                         dh, dw);
-  return Run(1, g, Leading(dx->dimensions()), dx->typed_data(), Leading(dx->dimensions()),
-             w.typed_data(), Leading(w.dimensions()), dy.typed_data(), Leading(dy.dimensions()));
+  return Run(1, g, Lead(dx->dimensions()), {dx->typed_data(), Lead(dx->dimensions())},
+             {w.typed_data(), Lead(w.dimensions())}, {dy.typed_data(), Lead(dy.dimensions())});
 }
 
 ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -304,9 +355,9 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
   auto g = MakeGeometry(x.dimensions(), dw_out->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
                         pr, dh, dw);
-  return Run(2, g, Leading(dw_out->dimensions()), x.typed_data(), Leading(x.dimensions()),
-             dw_out->typed_data(), Leading(dw_out->dimensions()), dy.typed_data(),
-             Leading(dy.dimensions()));
+  return Run(2, g, Lead(dw_out->dimensions()), {x.typed_data(), Lead(x.dimensions())},
+             {dw_out->typed_data(), Lead(dw_out->dimensions())},
+             {dy.typed_data(), Lead(dy.dimensions())});
 }
 
 ffi::Error MatmulTN(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
@@ -370,4 +421,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmjaxMatmulTN, MatmulTN,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
+// For A/B runs and tests: whether vmapped batches run one conv per thread (default 1), and how
+// many calls have run that way.
 extern "C" void MmjaxSetParallelBatch(int on) { g_parallel_batch = on; }
+extern "C" int64_t MmjaxParallelBatchCalls() { return g_parallel_calls.load(); }

@@ -109,8 +109,10 @@ def make_adapt(config, model):
 
 def over_tasks(fn, tasks, how: str):
   """fn applied to each task of a meta-batch: jax.vmap; lax.map (one task at a time, in a loop);
-  or unroll (one copy of fn per task in the program). On XLA:CPU, vmapped per-task convs become
-  grouped convs and convs inside loops lose the fast conv path; unrolled tasks keep it."""
+  or unroll (one copy of fn per task in the program). On one CPU device, mmjax's oneDNN convs run
+  vmapped tasks one per core, the fastest for conv4; XLA's convs (several devices, or
+  MMJAX_ONEDNN=0) become grouped convs under vmap and lose their fast path inside loops, where
+  unrolled tasks keep it."""
   if how == "vmap":
     return jax.vmap(fn)(tasks)
   if how == "map":

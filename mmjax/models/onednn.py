@@ -11,6 +11,11 @@ the three maps are each other's adjoints, since the conv is bilinear in input an
 that XLA runs at once on several of its threads (a sweep's runs, MAML's tasks) run concurrently,
 each with its own scratchpad.
 
+A vmapped batch of convolutions (vmap is a loop inside the call) runs one convolution per OpenMP
+thread when the batch has at least as many as there are threads (MAML's tasks: each is small, and
+oneDNN splitting each over all cores cost a barrier per call); `MMJAX_ONEDNN_PARALLEL_BATCH=0` runs
+them one after another, each on all threads, as before 2026-11-28.
+
 `matmul_tn` (a^T b, a dense layer's weight gradient) runs on oneDNN's sgemm the same way.
 
 `conv` lowers through `lax.platform_dependent`: on CPU the custom calls, on GPU and TPU XLA's conv,
@@ -96,7 +101,9 @@ def _build() -> pathlib.Path:
       return target
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
       out = pathlib.Path(tmp) / target.name
-      cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
+      # oneDNN's wheel runs on GNU OpenMP; the library's own parallel loops must share it.
+      openmp = "-fopenmp=libgomp" if "clang" in pathlib.Path(compiler).name else "-fopenmp"
+      cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", openmp, "-w",
              f"-I{jax.ffi.include_dir()}", f"-I{include}", str(_SOURCE), f"-L{lib}",
              "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}", "-o", str(out)]
       proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -138,6 +145,8 @@ def _load() -> bool:
     for kind, target in _TARGETS.items():
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, _SYMBOLS[kind])),
                                   platform="cpu")
+    if os.environ.get("MMJAX_ONEDNN_PARALLEL_BATCH", "1") == "0":
+      library.MmjaxSetParallelBatch(0)
   except Exception as e:  # noqa: BLE001 (any failure means: keep XLA's convolutions)
     _reason = str(e)
     logging.warning("mmjax: XLA's convolutions are used on CPU, not oneDNN's: %s", e)
