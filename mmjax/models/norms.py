@@ -21,12 +21,17 @@ def batch_norm(train: bool, *, dtype=jnp.float32, name: str | None = None) -> nn
                       name=name)
 
 
-def _plain_norm(x, scale, bias, epsilon, relu):
+def _norm_forward(x, scale, bias, epsilon, relu):
+  """(output, batch mean, batch variance) over all axes but the last."""
   axes = tuple(range(x.ndim - 1))
   mean = x.mean(axes)
   var = jnp.mean(jnp.square(x - mean), axes)
   y = (x - mean) * (scale / jnp.sqrt(var + epsilon)) + bias
-  return jax.nn.relu(y) if relu else y
+  return (jax.nn.relu(y) if relu else y), mean, var
+
+
+def _plain_norm(x, scale, bias, epsilon, relu):
+  return _norm_forward(x, scale, bias, epsilon, relu)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -35,12 +40,7 @@ def _fused_norm(x, scale, bias, epsilon, relu):
 
 
 def _fused_norm_fwd(x, scale, bias, epsilon, relu):
-  axes = tuple(range(x.ndim - 1))
-  mean = x.mean(axes)
-  var = jnp.mean(jnp.square(x - mean), axes)
-  y = (x - mean) * (scale / jnp.sqrt(var + epsilon)) + bias
-  if relu:
-    y = jax.nn.relu(y)
+  y, mean, var = _norm_forward(x, scale, bias, epsilon, relu)
   return y, (x, mean, var, scale, y)
 
 
