@@ -4,6 +4,7 @@ Every config in `configs/` starts from `base_config()` and is returned locked, s
 (in a config file or on the command line) stops the run before any work is done.
 """
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -56,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.adapt.domain_hidden = 1024     # domain classifier: domain_layers x domain_hidden, ReLU
   c.adapt.domain_layers = 2
   c.adapt.domain_norm = False      # batch norm before each domain-classifier ReLU (running averages)
+  c.adapt.domain_init = "flax"     # domain classifier's initialisers: flax | torch (mmjax.models.inits)
   c.adapt.randomized = False       # cdan: randomized map (R_f f) * (R_g g) / sqrt(d) instead of f x g
   c.adapt.randomized_dim = 1024    # cdan: d, the randomized map's size (R_f, R_g fixed by c.seed)
   c.adapt.mmd_weight = 1.0         # dan: loss = class loss + mmd_weight * MK-MMD^2(features)
@@ -163,6 +165,9 @@ def _parse_value(text: str, current):
 def override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
   """Sets `cfg.<key>` (dotted) from a command-line string, naming the nearest keys if it is unknown."""
   parts = key.split(".")
+  if len(parts) == 2 and parts[0] == "model" and parts[1] not in cfg.model:
+    _add_model_field(cfg, parts[1], text)
+    return
   node = cfg
   for i, part in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -183,6 +188,30 @@ def override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
   except (ValueError, TypeError) as e:
     raise ConfigError(f"bad value {text!r} for config key {key!r} "
                       f"(currently {current!r}): {e}") from None
+
+
+def _add_model_field(cfg: ml_collections.ConfigDict, field: str, text: str) -> None:
+  """`model.<field>` for a hyperparameter the config leaves at the model's default: allowed when
+  the model (mmjax.models registry) has that field, parsed against the field's default."""
+  from mmjax import models  # noqa: PLC0415 (configs load without the models otherwise)
+  cls = models.MODELS.get(cfg.model.get("name"))
+  fields = ({f.name: f for f in dataclasses.fields(cls)} if cls is not None else {})
+  fields = {k: f for k, f in fields.items() if k not in ("parent", "name", "dtype")}
+  if field not in fields:
+    raise ConfigError(
+        f"unknown config key 'model.{field}': neither the config nor model "
+        f"{cfg.model.get('name')!r} has it. Nearest valid keys: "
+        f"{', '.join('model.' + o for o in _nearest(field, sorted(set(cfg.model.keys()) | set(fields))).split(', '))}")
+  default = fields[field].default
+  if default is dataclasses.MISSING:
+    raise ConfigError(f"model.{field} has no default to parse {text!r} against; set it in the config")
+  try:
+    value = _parse_value(text, default)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"bad value {text!r} for config key 'model.{field}' "
+                      f"(model default {default!r}): {e}") from None
+  with cfg.unlocked():
+    cfg.model[field] = value
 
 
 def check_keys(cfg: ml_collections.ConfigDict) -> None:
@@ -270,6 +299,18 @@ class ConfigMismatchError(ConfigError):
   """A workdir holds a run (checkpoints or results) of a different config than the one given."""
 
 
+def _model_defaults(name) -> dict:
+  """{"model.<field>": default} of a registered model's hyperparameters (a config that leaves one
+  out runs with that default)."""
+  from mmjax import models  # noqa: PLC0415
+  cls = models.MODELS.get(name)
+  if cls is None:
+    return {}
+  return {f"model.{f.name}": list(f.default) if isinstance(f.default, tuple) else f.default
+          for f in dataclasses.fields(cls)
+          if f.name not in ("parent", "name", "dtype") and f.default is not dataclasses.MISSING}
+
+
 def run_differences(stored: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> dict:
   """{field path: (stored value, new value)} for the fields outside RESUME_FREE_FIELDS that differ.
 
@@ -278,7 +319,7 @@ def run_differences(stored: ml_collections.ConfigDict, cfg: ml_collections.Confi
   """
   free = lambda path: any(path == f or path.startswith(f + ".") for f in RESUME_FREE_FIELDS)
   old, new = flat_fields(stored), flat_fields(cfg)
-  defaults = flat_fields(base_config())
+  defaults = {**_model_defaults(cfg.model.get("name")), **flat_fields(base_config())}
   missing = object()
   out = {}
   for path in sorted(set(old) | set(new)):

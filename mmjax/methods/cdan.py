@@ -24,6 +24,7 @@ def build_model(config):
                                    randomized=config.adapt.randomized,
                                    randomized_dim=config.adapt.randomized_dim,
                                    map_seed=config.seed, domain_norm=config.adapt.domain_norm,
+                                   domain_init=config.adapt.domain_init,
                                    dtype=jnp.dtype(config.dtype))
 
 

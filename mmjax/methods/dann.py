@@ -28,6 +28,7 @@ def build_model(config):
                               domain_hidden=config.adapt.domain_hidden,
                               domain_layers=config.adapt.domain_layers,
                               domain_norm=config.adapt.domain_norm,
+                              domain_init=config.adapt.domain_init,
                               dtype=jnp.dtype(config.dtype))
 
 

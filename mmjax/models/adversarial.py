@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models import norms
+from mmjax.models import inits, norms
 
 
 @jax.custom_vjp
@@ -29,19 +29,23 @@ def _reverse_bwd(coeff, g):
 reverse_gradient.defvjp(_reverse_fwd, _reverse_bwd)
 
 
-def domain_classifier(h, hidden: int, layers: int, dtype, norm: bool = False, train: bool = False):
+def domain_classifier(h, hidden: int, layers: int, dtype, norm: bool = False, train: bool = False,
+                      init: str = "flax"):
   """`layers` ReLU layers of `hidden` units, then one logit per example (target vs source).
 
   Called inside a parent's compact __call__, so its layers (domain_fc1.., domain_head) are the
   parent's params. `norm`: batch norm before each ReLU (Transfer-Learning-Library's
-  DomainDiscriminator: Linear, BatchNorm1d, ReLU), running averages in "batch_stats".
+  DomainDiscriminator: Linear, BatchNorm1d, ReLU), running averages in "batch_stats". `init`: the
+  layers' initialiser scheme (`mmjax.models.inits`: "flax" or "torch").
   """
   for i in range(layers):
-    h = nn.Dense(hidden, dtype=dtype, name=f"domain_fc{i + 1}")(h)
+    h = nn.Dense(hidden, dtype=dtype, name=f"domain_fc{i + 1}",
+                 **inits.layer_inits(init, h.shape[-1]))(h)
     if norm:
       h = norms.batch_norm(train, dtype=dtype, name=f"domain_norm{i + 1}")(h)
     h = nn.relu(h)
-  return nn.Dense(1, dtype=dtype, name="domain_head")(h)[:, 0].astype(jnp.float32)
+  return nn.Dense(1, dtype=dtype, name="domain_head",
+                  **inits.layer_inits(init, h.shape[-1]))(h)[:, 0].astype(jnp.float32)
 
 
 class DomainAdversarialNet(nn.Module):
@@ -53,6 +57,7 @@ class DomainAdversarialNet(nn.Module):
   domain_hidden: int = 1024
   domain_layers: int = 2
   domain_norm: bool = False
+  domain_init: str = "flax"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -60,5 +65,5 @@ class DomainAdversarialNet(nn.Module):
     out = dict(self.backbone(x, train=train))
     h = reverse_gradient(out["features"], jnp.asarray(reversal, jnp.float32))
     out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype,
-                                             self.domain_norm, train)
+                                             self.domain_norm, train, self.domain_init)
     return out

@@ -44,6 +44,7 @@ class ConditionalAdversarialNet(nn.Module):
   randomized_dim: int = 1024
   map_seed: int = 0
   domain_norm: bool = False
+  domain_init: str = "flax"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -58,5 +59,5 @@ class ConditionalAdversarialNet(nn.Module):
       h = multilinear_map(f, g)
     h = reverse_gradient(h, jnp.asarray(reversal, jnp.float32))
     out["domain_logits"] = domain_classifier(h, self.domain_hidden, self.domain_layers, self.dtype,
-                                             self.domain_norm, train)
+                                             self.domain_norm, train, self.domain_init)
     return out

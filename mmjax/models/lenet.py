@@ -5,25 +5,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.models import fast_ops as ops
-from mmjax.models import norms
+from mmjax.models import inits, norms
 
 
 # Whether the fast path adds each conv's bias after its max-pool (see LeNet.__call__).
 BIAS_AFTER_POOL = True
-
-
-class ConvParams(nn.Module):
-  """nn.Conv's params for a conv whose bias the caller adds: "kernel" then "bias", with nn.Conv's
-  shapes, names and initialisers (the same values from the same key)."""
-  features: int
-  kernel_size: tuple
-
-  @nn.compact
-  def __call__(self, in_features: int):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (*self.kernel_size, in_features, self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    return kernel, bias
 
 
 class LeNet(nn.Module):
@@ -41,7 +27,8 @@ class LeNet(nn.Module):
   `bottleneck_norm` puts batch norm between fc2 and its ReLU (that library's bottleneck: Linear,
   BatchNorm1d, ReLU), with running averages (PyTorch's momentum 0.1, eps 1e-5) kept in the
   "batch_stats" collection and used when train=False. `center_inputs` maps [0, 1] inputs to
-  [-1, 1] (its Normalize(mean=0.5, std=0.5)).
+  [-1, 1] (its Normalize(mean=0.5, std=0.5)). `param_init`: "flax" (flax's default initialisers) or
+  "torch" (PyTorch's nn.Conv2d / nn.Linear defaults; `mmjax.models.inits`).
   """
   num_classes: int = 10
   hidden: int = 100
@@ -51,6 +38,7 @@ class LeNet(nn.Module):
   bottleneck_norm: bool = False
   center_inputs: bool = False
   fast_ops: bool = True
+  param_init: str = "flax"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -72,7 +60,7 @@ class LeNet(nn.Module):
       # and the pool's gradient reads the conv's output itself. Channel dropout (a per-channel
       # factor >= 0) and the ReLU commute with the pool as well.
       for i, width in enumerate(self.channels):
-        kernel, bias = ConvParams(width, (5, 5), name=f"conv{i + 1}")(x.shape[-1])
+        kernel, bias = inits.ConvParams(width, (5, 5), self.param_init, name=f"conv{i + 1}")(x.shape[-1])
         x = ops.conv_general_dilated(x, kernel.astype(self.dtype), (1, 1), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         x = ops.max_pool(x, (2, 2)) + bias.astype(self.dtype)
@@ -80,19 +68,23 @@ class LeNet(nn.Module):
           x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
         x = nn.relu(x)
     else:
-      x = conv(self.channels[0], (5, 5), padding="VALID", dtype=self.dtype, name="conv1")(x)
+      x = conv(self.channels[0], (5, 5), padding="VALID", dtype=self.dtype, name="conv1",
+               **inits.layer_inits(self.param_init, 25 * x.shape[-1]))(x)
       x = pool_relu(x)
-      x = conv(self.channels[1], (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
+      x = conv(self.channels[1], (5, 5), padding="VALID", dtype=self.dtype, name="conv2",
+               **inits.layer_inits(self.param_init, 25 * x.shape[-1]))(x)
       if self.dropout:  # whole channels (Dropout2d); it commutes with the ReLU and the max-pool
         x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
       x = pool_relu(x)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
+    dense = lambda width, name, h: nn.Dense(width, dtype=self.dtype, name=name,
+                                            **inits.layer_inits(self.param_init, h.shape[-1]))(h)
+    x = nn.relu(dense(self.hidden, "fc1", x))
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    features = nn.Dense(self.features or self.hidden, dtype=self.dtype, name="fc2")(x)
+    features = dense(self.features or self.hidden, "fc2", x)
     if self.bottleneck_norm:
       features = norms.batch_norm(train, dtype=self.dtype, name="fc2_norm")(features)
     features = nn.relu(features)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
+    logits = dense(self.num_classes, "head", features)
     return {"features": features, "logits": logits.astype(jnp.float32)}
