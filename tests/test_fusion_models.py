@@ -89,6 +89,60 @@ def test_every_fusion_strategy_runs_sows_named_attention_maps_and_trains(fusion)
   assert losses[-1] < 0.9 * losses[0], losses
 
 
+def _gelu(x):  # flax's nn.gelu (approximate=True)
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _layer_norm(x, scale, bias, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_each_fusion_rule_matches_a_numpy_reference(fusion):
+  """The features and logits recomputed in float64 numpy from the encoders' outputs and the
+  fusion's own params, by each strategy's formula (README's fusion table)."""
+  inputs, _ = _image_question_batch()
+  depth = 2 if fusion == "bottleneck" else 1
+  model = FusionTransformer(modalities=("image", "question"), tokenizers=("patch", "vector"),
+                            fusion=fusion, num_classes=4, fusion_layer=1,
+                            bottleneck_tokens=3, **{**TINY, "depth": depth})
+  params = jax.tree.map(np.asarray, model.init(jax.random.key(1), inputs)["params"])
+  if fusion == "weighted_sum":  # away from the uniform init, so the weights matter
+    params["modality_weights"] = np.asarray([0.7, -0.4], np.float32)
+  out = model.apply({"params": params}, inputs)
+  layer = {k: np.asarray(v, np.float64) for k, v in
+           _layer_outputs(model, {"params": params}, inputs).items()}
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  dense = lambda x, name: x @ p[name]["kernel"] + p[name]["bias"]
+  mlp = lambda x: dense(_gelu(dense(x, "fusion_fc1")), "fusion_fc2")
+  cls = lambda name: layer[f"{name}/__call__/0"][:, 0]
+  logits = None
+  if fusion == "concat":
+    features = mlp(np.concatenate([cls("image_encoder"), cls("question_encoder")], -1))
+  elif fusion == "weighted_sum":
+    w = np.exp([0.7, -0.4]) / np.exp([0.7, -0.4]).sum()
+    features = w[0] * cls("image_encoder") + w[1] * cls("question_encoder")
+  elif fusion == "late":
+    features = (cls("image_encoder") + cls("question_encoder")) / 2
+    logits = (dense(cls("image_encoder"), "image_head")
+              + dense(cls("question_encoder"), "question_head")) / 2
+  elif fusion == "early":  # CLS of the image at 0, of the question after the image's 5 tokens
+    tokens = layer["fusion_encoder/__call__/0"]
+    assert tokens.shape[1] == 7
+    features = (tokens[:, 0] + tokens[:, 5]) / 2
+  elif fusion == "cross_attention":
+    features = mlp(np.concatenate([cls("image_to_question"), cls("question_to_image")], -1))
+  else:  # bottleneck: each modality's CLS after the fusion layers, layer-normed, averaged
+    features = np.mean([_layer_norm(layer[f"bottleneck/__call__/0/{m}"][:, 0],
+                                    p[f"{m}_encoder_norm"]["scale"], p[f"{m}_encoder_norm"]["bias"])
+                        for m in ("image", "question")], axis=0)
+  if logits is None:
+    logits = dense(features, "head")
+  np.testing.assert_allclose(out["features"], features, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-5)
+
+
 def _layer_outputs(model, variables, inputs):
   """Every module's output, from flax's capture_intermediates, by its '/'-joined path."""
   _, state = model.apply(variables, inputs, capture_intermediates=True, mutable=["intermediates"])
