@@ -44,6 +44,7 @@ from mmjax import methods  # noqa: E402
 from mmjax import runtime  # noqa: E402
 from mmjax.methods import inputs  # noqa: E402
 import flops as flops_lib  # noqa: E402  (benchmarks/flops.py)
+import timing  # noqa: E402  (benchmarks/timing.py)
 from mmjax.models import fast_ops as fast_ops_lib  # noqa: E402
 from mmjax.models import onednn  # noqa: E402
 from mmjax.train import optim, steps  # noqa: E402
@@ -56,7 +57,9 @@ flags.DEFINE_integer("threads", 0, "CPU cores for both frameworks (process affin
                      "torch.set_num_threads); 0: all cores")
 flags.DEFINE_string("out", str(REPO / "benchmarks/results/core_steps.json"), "JSON output")
 FLAGS = flags.FLAGS
-MATMUL_SIZE = 2048
+MATMUL_SIZE = timing.MATMUL_SIZE
+_matmul_runner = timing.matmul_runner  # a module global, so tests can stand in a fake
+interleaved, paired_ratio = timing.interleaved, timing.paired_ratio
 
 
 @dataclasses.dataclass
@@ -68,19 +71,6 @@ class Runners:
   torch: Callable[[int], None] | None = None
   pipeline: Callable[[int], None] | None = None  # the JAX step fed by the real input pipeline
   check: dict = dataclasses.field(default_factory=dict)
-
-
-def _matmul_runner():
-  """A jitted MATMUL_SIZE^2 float32 matmul; returns (runner, FLOPs per call)."""
-  a, b = (jax.random.normal(jax.random.PRNGKey(i), (MATMUL_SIZE, MATMUL_SIZE)) for i in (0, 1))
-  matmul = jax.jit(jnp.matmul)
-  jax.block_until_ready(matmul(a, b))
-
-  def run(n):
-    for _ in range(n):
-      out = matmul(a, b)
-    jax.block_until_ready(out)
-  return run, 2.0 * MATMUL_SIZE ** 3
 
 
 def _with_onednn(enabled: bool, run_fn):
@@ -225,29 +215,6 @@ ENTRIES = {
     "dann_digits_xla_ops": lambda: _dann_digits(fast_ops=False),
     "dann_digits_bf16": lambda: _dann_digits(dtype="bfloat16"),
 }
-
-
-def interleaved(runners: dict, steps_per_repeat: int, repeats: int) -> dict:
-  """Seconds per step of each runner in every repeat, the runners alternating within each repeat
-  (in the given order, then reversed), so runners next to each other in `runners` run back to
-  back."""
-  for run in runners.values():
-    run(2)  # compile, warm caches
-  times = {name: [] for name in runners}
-  for r in range(repeats):
-    order = list(runners) if r % 2 == 0 else list(reversed(runners))
-    for name in order:
-      start = time.perf_counter()
-      runners[name](steps_per_repeat)
-      times[name].append((time.perf_counter() - start) / steps_per_repeat)
-  return times
-
-
-def paired_ratio(numerator: list, denominator: list) -> tuple[float, float, float]:
-  """Median and quartiles over repeats of numerator[r] / denominator[r]: the two runs of a repeat
-  are seconds apart, so the VM's drift between repeats cancels."""
-  ratios = np.asarray(numerator) / np.asarray(denominator)
-  return tuple(float(np.percentile(ratios, q)) for q in (50, 25, 75))
 
 
 def measure(name: str) -> dict:

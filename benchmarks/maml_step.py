@@ -32,6 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import flops as flops_lib  # noqa: E402  (benchmarks/flops.py)
+import timing  # noqa: E402  (benchmarks/timing.py)
 from mmjax import config as config_lib  # noqa: E402
 from mmjax.data import episodes  # noqa: E402
 from mmjax.methods import maml  # noqa: E402
@@ -67,31 +68,12 @@ def measure(cfg, source, part):
   first = time.perf_counter() - start
 
   def run(n):
-    start = time.perf_counter()
     for _ in range(n):
       box["state"], metrics = update(box["state"], tasks, rng)
       jax.block_until_ready(metrics)  # one step in flight: the same for every task map
-    return time.perf_counter() - start
 
   run(1)
   return first, run, flops
-
-
-def matmul_runner(size: int = 2048, calls: int = 20):
-  """(runner() timing `calls` jitted size^2 float32 matmuls in seconds, their FLOPs): the
-  practical FLOP/s ceiling of these cores."""
-  a, b = (jax.random.normal(jax.random.PRNGKey(i), (size, size)) for i in (0, 1))
-  matmul = jax.jit(jnp.matmul)
-  jax.block_until_ready(matmul(a, b))
-
-  def run():
-    start = time.perf_counter()
-    for _ in range(calls):
-      out = matmul(a, b)
-    jax.block_until_ready(out)
-    return time.perf_counter() - start
-
-  return run, 2.0 * size ** 3 * calls
 
 
 def measure_torch(cfg, source):
@@ -140,18 +122,15 @@ def main(argv):
     first, run, flops = measure(cfg, source, part)
     runners[task_map] = run
     rows.append({"task_map": task_map, "first_step_s": first, "gflop_counted": flops / 1e9})
-  matmul, matmul_flops = matmul_runner()
-  seconds = {name: [] for name in [*runners, "matmul"]}
-  for r in range(FLAGS.repeats):
-    for name in (list(seconds) if r % 2 == 0 else list(reversed(seconds))):
-      seconds[name].append(matmul() if name == "matmul" else runners[name](FLAGS.steps))
+  matmul, matmul_flops = timing.matmul_runner()
+  seconds = timing.interleaved({**runners, "matmul": matmul}, FLAGS.steps, FLAGS.repeats)
   ceilings = matmul_flops / np.asarray(seconds["matmul"])
   ceiling = float(np.median(ceilings))
   # cost_analysis() counts a while loop's body once (lax.map's 32 tasks count as 1), so every row
   # uses the largest count, that of a loop-free program (unroll or vmap): the same math.
   step_flops = max(row["gflop_counted"] for row in rows) * 1e9
   for row in rows:
-    per_step = np.asarray(seconds[row["task_map"]]) / FLAGS.steps
+    per_step = np.asarray(seconds[row["task_map"]])
     row["tasks_per_s_repeats"] = (base.meta.meta_batch / per_step).tolist()
     row["tasks_per_s"] = float(np.median(base.meta.meta_batch / per_step))
     row["gflops"] = step_flops * row["tasks_per_s"] / base.meta.meta_batch / 1e9
