@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import flops as flops_lib  # noqa: E402
+import timing  # noqa: E402  (benchmarks/timing.py)
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import methods  # noqa: E402
 from mmjax.methods import inputs, maml  # noqa: E402
@@ -93,15 +94,9 @@ def _flops(compiled) -> float:
 
 
 def _timed(runners: dict) -> dict:
-  """Median seconds per step of each runner, alternating within every repeat."""
-  for run in runners.values():
-    run(3)  # compile / autotune / warm caches
-  times = {name: [] for name in runners}
-  for r in range(FLAGS.repeats):
-    for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
-      start = time.perf_counter()
-      runners[name](FLAGS.steps)
-      times[name].append((time.perf_counter() - start) / FLAGS.steps)
+  """Median seconds per step of each runner, alternating within every repeat
+  (benchmarks/timing.py, as the CPU benchmarks)."""
+  times = timing.interleaved(runners, FLAGS.steps, FLAGS.repeats)
   return {name: float(np.median(t)) for name, t in times.items()}
 
 

@@ -206,7 +206,14 @@ def _add_model_field(cfg: ml_collections.ConfigDict, field: str, text: str) -> N
   if default is dataclasses.MISSING:
     raise ConfigError(f"model.{field} has no default to parse {text!r} against; set it in the config")
   try:
-    value = _parse_value(text, default)
+    if isinstance(default, tuple):  # "20,50" or "(20, 50)" or "image,audio"; one value: (value,)
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = tuple(part.strip() for part in text.split(","))
+      value = list(value) if isinstance(value, (list, tuple)) else [value]
+    else:
+      value = _parse_value(text, default)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"bad value {text!r} for config key 'model.{field}' "
                       f"(model default {default!r}): {e}") from None
@@ -252,10 +259,22 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 
 def load_with_overrides(spec: str, overrides: dict) -> ml_collections.ConfigDict:
+  """load(spec) with command-line overrides applied; model.name first, since which model.<field>
+  keys exist depends on it."""
   cfg = load(spec)
-  for key, text in overrides.items():
+  for key, text in sorted(overrides.items(), key=lambda kv: kv[0] != "model.name"):
     override(cfg, key, text)
+  check_values(cfg)
   return cfg
+
+
+def check_values(cfg: ml_collections.ConfigDict) -> None:
+  """Values the engine can check before building anything: the initialiser schemes."""
+  from mmjax.models import inits  # noqa: PLC0415
+  for key, value in (("adapt.domain_init", cfg.adapt.get("domain_init")),
+                     ("model.param_init", cfg.model.get("param_init"))):
+    if value is not None and value not in inits.SCHEMES:
+      raise ConfigError(f"{key}={value!r}: expected one of {', '.join(inits.SCHEMES)}")
 
 
 def write_json(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:

@@ -133,10 +133,12 @@ def test_each_fusion_rule_matches_a_numpy_reference(fusion):
     features = (tokens[:, 0] + tokens[:, 5]) / 2
   elif fusion == "cross_attention":
     features = mlp(np.concatenate([cls("image_to_question"), cls("question_to_image")], -1))
-  else:  # bottleneck: each modality's CLS after the fusion layers, layer-normed, averaged
+  elif fusion == "bottleneck":  # each modality's CLS after the fusion layers, layer-normed, averaged
     features = np.mean([_layer_norm(layer[f"bottleneck/__call__/0/{m}"][:, 0],
                                     p[f"{m}_encoder_norm"]["scale"], p[f"{m}_encoder_norm"]["bias"])
                         for m in ("image", "question")], axis=0)
+  else:
+    raise AssertionError(f"no reference for fusion {fusion!r}: add its rule here")
   if logits is None:
     logits = dense(features, "head")
   np.testing.assert_allclose(out["features"], features, rtol=1e-4, atol=1e-5)

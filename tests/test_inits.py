@@ -43,6 +43,26 @@ def test_torch_kernel_and_bias_match_pytorch_formula(shape, fan_in):
   _check_uniform(bias, _torch_bound(fan_in))
 
 
+def test_lenet_and_conv4_default_params_are_flax_defaults():
+  """Under the default scheme every kernel has lecun_normal's spread (1 / sqrt(fan_in)) and every
+  conv/dense bias is 0, as nn.Conv / nn.Dense make them (their values are what old checkpoints
+  and results were made with)."""
+  from mmjax.models import Conv4  # noqa: PLC0415
+  for model, x in ((LeNet(channels=(20, 50), hidden=500), jnp.zeros((2, 28, 28, 1))),
+                   (Conv4(width=64), jnp.zeros((2, 28, 28, 1)))):
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    for name, p in params.items():
+      if "kernel" not in p:
+        continue
+      kernel = np.asarray(p["kernel"], np.float64)
+      fan_in = int(np.prod(kernel.shape[:-1]))
+      np.testing.assert_array_equal(p["bias"], 0.0)
+      if kernel.size >= 20000:  # enough values for the spread to be within 3%
+        np.testing.assert_allclose(kernel.std(), 1 / math.sqrt(fan_in), rtol=0.03, err_msg=name)
+        # a normal of std 1 / (0.8796 sqrt(fan_in)), truncated at 2 of its std
+        assert np.abs(kernel).max() <= 2 / (0.87962566103423978 * math.sqrt(fan_in)) + 1e-6
+
+
 def test_flax_scheme_is_flax_defaults():
   assert inits.layer_inits("flax", 10) == {}
   kernel_init, bias_init = inits.kernel_and_bias("flax", 10)
@@ -111,6 +131,19 @@ def test_config_override_adds_model_field():
                                    {"model.param_inti": "torch"})
   with pytest.raises(config_lib.ConfigError, match="bad value 'x' for config key 'model.fast_ops'"):
     config_lib.load_with_overrides("configs/digits.py:mnist_usps", {"model.fast_ops": "x"})
+  with pytest.raises(config_lib.ConfigError, match="model.param_init='xavier': expected one of"):
+    config_lib.load_with_overrides("configs/digits.py:mnist_usps", {"model.param_init": "xavier"})
+  with pytest.raises(config_lib.ConfigError, match="adapt.domain_init='xavier'"):
+    config_lib.load_with_overrides("configs/digits_adapt.py:dann/mnist_usps",
+                                   {"adapt.domain_init": "xavier"})
+  # Tuple fields take "a,b" or one value; model.name is applied before the fields it decides.
+  other = config_lib.load_with_overrides("configs/digits.py:mnist_usps", {"model.channels": "20,50"})
+  assert list(other.model.channels) == [20, 50]
+  assert list(config_lib.load_with_overrides(
+      "configs/digits.py:mnist_usps", {"model.channels": "32"}).model.channels) == [32]
+  other = config_lib.load_with_overrides("configs/digits.py:mnist_usps",
+                                         {"model.fast_variance": "false", "model.name": "conv4"})
+  assert other.model.name == "conv4" and other.model.fast_variance is False
   # A run written before the field existed is the same run as one that sets its default.
   plain = config_lib.load("configs/digits_adapt.py:cdan/mnist_usps/tll")
   assert config_lib.run_differences(plain, config_lib.load_with_overrides(

@@ -54,6 +54,22 @@ def test_fused_gradient_matches_autodiff_to_second_order(shape, relu, fast):
       np.testing.assert_allclose(g, w, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(w))))
 
 
+def test_fast_variance_accuracy_against_float64():
+  """The documented trade: mean(x^2) - mean(x)^2 in float32 loses digits as a channel's mean grows
+  against its spread; the two-pass formula does not."""
+  rng = np.random.default_rng(5)
+  for offset, fast_tol in ((1.0, 1e-5), (30.0, 2e-3)):
+    x64 = rng.normal(size=(64, 6, 6, 4)) + offset
+    scale, bias = np.ones(4), np.zeros(4)
+    want = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-3)
+    x = jnp.asarray(x64, jnp.float32)
+    args = (jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32))
+    fast = norms.batch_stats_norm(x, *args, 1e-3, fast_variance=True)
+    two_pass = norms.batch_stats_norm(x, *args, 1e-3, fast_variance=False)
+    np.testing.assert_allclose(two_pass, want, atol=2e-5)
+    np.testing.assert_allclose(fast, want, atol=fast_tol)
+
+
 def test_fused_gradient_matches_central_differences():
   with jax.enable_x64(True):
     args = _inputs((7, 3, 3, 2), np.float64, seed=2)

@@ -19,13 +19,15 @@ class Conv4(nn.Module):
   features); `pool="max"` uses stride-1 convs and 2x2 max-pooling (MAML's MiniImagenet network and
   the Vinyals et al. one; 28x28 -> 1x1x64). Returns {"features", "logits"}. `fast_ops` runs the
   convs through `mmjax.models.fast_ops` (oneDNN on CPU when available; the same params and math,
-  derivatives of every order).
+  derivatives of every order). `fast_variance`: the norms' variance as mean(x^2) - mean(x)^2 (fewer passes;
+  `norms.BatchStatsNorm`), False: mean((x - mean)^2).
   """
   num_classes: int = 5
   width: int = 64
   pool: str = "stride"
   dtype: jnp.dtype = jnp.float32
   fast_ops: bool = True
+  fast_variance: bool = True  # BatchStatsNorm's use_fast_variance (False: two-pass variance)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -48,6 +50,7 @@ class Conv4(nn.Module):
         x = nn.Conv(self.width, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
                     name=f"conv{i + 1}")(x)
       x = BatchStatsNorm(epsilon=MAML_NORM_EPSILON, dtype=self.dtype, relu=True,
+                         use_fast_variance=self.fast_variance,
                          name=f"norm{i + 1}")(x)
       if self.pool == "max":
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
