@@ -35,6 +35,46 @@ def test_max_pool_matches_reduce_window_values_and_gradients(shape):
   np.testing.assert_array_equal(grad(lambda v: fast_ops.max_pool(v, (2, 2))), grad(plain))
 
 
+def _plain_window_max(x, window):
+  """The reshape-and-max with JAX's own derivative rules (fast_ops.max_pool before its rule)."""
+  (ph, pw), (n, h, w, c) = window, x.shape
+  x = x[:, :h // ph * ph, :w // pw * pw]
+  return x.reshape(n, h // ph, ph, w // pw, pw, c).max(axis=(2, 4))
+
+
+@pytest.mark.parametrize("window,shape", [((2, 2), (3, 8, 6, 4)), ((3, 2), (2, 10, 7, 3))])
+def test_max_pool_derivatives_with_ties_match_numpy_and_jax_rules(window, shape):
+  """Ties split the gradient equally (a numpy reference), and the custom JVP gives JAX's own
+  reduce-max derivatives bit for bit: gradient, second order, forward mode."""
+  rng = np.random.default_rng(0)
+  x = np.round(rng.normal(size=shape) * 2) / 2  # many ties within windows
+  x[0, :4] = 0.0  # a flat region (an image's background), 4- and 6-way ties
+  x = jnp.asarray(x, jnp.float32)
+  fast = lambda v: fast_ops.max_pool(v, window)  # noqa: E731
+  plain = lambda v: _plain_window_max(v, window)  # noqa: E731
+  np.testing.assert_array_equal(fast(x), plain(x))
+  weights = jnp.asarray(rng.normal(size=plain(x).shape), jnp.float32)
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(fast(v) * weights)))(x)
+  # numpy: each window's weight divided equally among the inputs equal to its maximum.
+  (ph, pw), xs = window, np.asarray(x)
+  want = np.zeros_like(xs)
+  for i in range(shape[1] // ph):
+    for j in range(shape[2] // pw):
+      patch = xs[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw]
+      at_max = patch == patch.max(axis=(1, 2), keepdims=True)
+      want[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw] = (
+          at_max * np.asarray(weights)[:, i:i + 1, j:j + 1] / at_max.sum(axis=(1, 2), keepdims=True))
+  np.testing.assert_allclose(grad, want, rtol=1e-6, atol=0)
+  assert (want == 0).mean() > 0.5 and np.any(want[0, :4] != 0)  # zeros off the maxima; ties split
+  np.testing.assert_array_equal(grad, jax.grad(lambda v: jnp.sum(plain(v) * weights))(x))
+  meta = lambda pool: lambda v: jnp.sum(  # noqa: E731
+      jax.grad(lambda u: jnp.sum(jnp.sin(pool(u)) * weights))(v) ** 2 * v)
+  np.testing.assert_array_equal(jax.grad(meta(fast))(x), jax.grad(meta(plain))(x))
+  tangent = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  np.testing.assert_array_equal(jax.jvp(fast, (x,), (tangent,))[1],
+                                jax.jvp(plain, (x,), (tangent,))[1])
+
+
 def _numpy_conv(x, w):
   """Direct sum over the kernel window: the definition of a stride-1 VALID NHWC/HWIO conv."""
   kh, kw = w.shape[:2]
