@@ -135,7 +135,7 @@ def _window_max_jvp(ph, pw, primals, tangents):
   # reshape-and-max wrote the maxima's mask out as floats [n, oh, ph, ow, pw, c] in the forward
   # pass and reduced it with a YNNPACK reduce in the backward (on LeNet's conv1 output, 19 MB each
   # way); here the count is a sum of ph * pw strided slices, elementwise, and the mask a bool
-  # select. The DANN digits step: 44.6 -> 40.3 ms (benchmarks/README.md).
+  # select. The DANN digits step: 45.8 -> 41.3 ms, paired 1.10 (benchmarks/README.md).
   (x,), (t,) = primals, tangents
   n, h, w, c = x.shape
   m = _window_max(x, ph, pw)
