@@ -193,10 +193,7 @@ def override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
 def _add_model_field(cfg: ml_collections.ConfigDict, field: str, text: str) -> None:
   """`model.<field>` for a hyperparameter the config leaves at the model's default: allowed when
   the model (mmjax.models registry) has that field, parsed against the field's default."""
-  from mmjax import models  # noqa: PLC0415 (configs load without the models otherwise)
-  cls = models.MODELS.get(cfg.model.get("name"))
-  fields = ({f.name: f for f in dataclasses.fields(cls)} if cls is not None else {})
-  fields = {k: f for k, f in fields.items() if k not in ("parent", "name", "dtype")}
+  fields = _model_fields(cfg.model.get("name"))
   if field not in fields:
     raise ConfigError(
         f"unknown config key 'model.{field}': neither the config nor model "
@@ -318,16 +315,21 @@ class ConfigMismatchError(ConfigError):
   """A workdir holds a run (checkpoints or results) of a different config than the one given."""
 
 
-def _model_defaults(name) -> dict:
-  """{"model.<field>": default} of a registered model's hyperparameters (a config that leaves one
-  out runs with that default)."""
-  from mmjax import models  # noqa: PLC0415
+def _model_fields(name) -> dict:
+  """{field name: dataclasses.Field} of the hyperparameters of registered model `name` (none for an
+  unknown name): its dataclass fields but flax's parent and name and the config-wide dtype."""
+  from mmjax import models  # noqa: PLC0415 (configs load without the models otherwise)
   cls = models.MODELS.get(name)
   if cls is None:
     return {}
-  return {f"model.{f.name}": list(f.default) if isinstance(f.default, tuple) else f.default
-          for f in dataclasses.fields(cls)
-          if f.name not in ("parent", "name", "dtype") and f.default is not dataclasses.MISSING}
+  return {f.name: f for f in dataclasses.fields(cls) if f.name not in ("parent", "name", "dtype")}
+
+
+def _model_defaults(name) -> dict:
+  """{"model.<field>": default} of a registered model's hyperparameters (a config that leaves one
+  out runs with that default)."""
+  return {f"model.{k}": list(f.default) if isinstance(f.default, tuple) else f.default
+          for k, f in _model_fields(name).items() if f.default is not dataclasses.MISSING}
 
 
 def run_differences(stored: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> dict:

@@ -40,7 +40,8 @@ def layer_inits(scheme: str, fan_in: int) -> dict:
   so that flax's defaults and their values stay exactly as before)."""
   if check_scheme(scheme) == "flax":
     return {}
-  return {"kernel_init": torch_kernel_init(), "bias_init": torch_bias_init(fan_in)}
+  kernel_init, bias_init = kernel_and_bias(scheme, fan_in)
+  return {"kernel_init": kernel_init, "bias_init": bias_init}
 
 
 def kernel_and_bias(scheme: str, fan_in: int):
