@@ -57,9 +57,7 @@ flags.DEFINE_integer("threads", 0, "CPU cores for both frameworks (process affin
                      "torch.set_num_threads); 0: all cores")
 flags.DEFINE_string("out", str(REPO / "benchmarks/results/core_steps.json"), "JSON output")
 FLAGS = flags.FLAGS
-MATMUL_SIZE = timing.MATMUL_SIZE
 _matmul_runner = timing.matmul_runner  # a module global, so tests can stand in a fake
-interleaved, paired_ratio = timing.interleaved, timing.paired_ratio
 
 
 @dataclasses.dataclass
@@ -227,7 +225,7 @@ def measure(name: str) -> dict:
   runners["matmul"] = matmul
   if entry.torch is not None:
     runners["torch"] = entry.torch
-  times = interleaved(runners, FLAGS.steps, FLAGS.repeats)
+  times = timing.interleaved(runners, FLAGS.steps, FLAGS.repeats)
   seconds = {name: float(np.median(t)) for name, t in times.items()}
   ceiling = matmul_flops / seconds["matmul"]
   gflops = entry.flops / seconds["jax"] / 1e9
@@ -238,12 +236,12 @@ def measure(name: str) -> dict:
   if "torch" in seconds:
     row["torch_ms"] = 1e3 * seconds["torch"]
     row["speed_vs_torch"] = seconds["torch"] / seconds["jax"]
-    row["speed_vs_torch_paired"] = paired_ratio(times["torch"], times["jax"])
+    row["speed_vs_torch_paired"] = timing.paired_ratio(times["torch"], times["jax"])
   if "pipeline" in seconds:
     row["pipeline_ms"] = 1e3 * seconds["pipeline"]
     # Paired: a ratio near 1 is what the goal asks about, and the VM's drift between repeats is as
     # large as the pipeline's cost (ratios of the medians read 0.89-0.99 on one commit).
-    median, low, high = paired_ratio(times["jax"], times["pipeline"])
+    median, low, high = timing.paired_ratio(times["jax"], times["pipeline"])
     row["pipeline_fraction"], row["pipeline_fraction_quartiles"] = median, [low, high]
     row["pipeline_fraction_of_medians"] = seconds["jax"] / seconds["pipeline"]
   return row
@@ -268,7 +266,7 @@ def _print_table(rows) -> None:
           f"{r['gflops']:>9.1f}{r['matmul_ceiling_gflops']:>9.1f}{r['fraction_of_ceiling']:>10.2f}"
           f"{r.get('pipeline_fraction', float('nan')):>10.2f}")
   print("JAX/torch: PyTorch's step time over JAX's (>1: JAX faster). ceiling: GFLOP/s of a jitted "
-        f"{MATMUL_SIZE}^2 f32 matmul timed alongside. pipeline: steps/s fed by tf.data over "
+        f"{timing.MATMUL_SIZE}^2 f32 matmul timed alongside. pipeline: steps/s fed by tf.data over "
         "steps/s on one cached batch, the median over repeats of the two timed back to back.")
 
 
