@@ -123,11 +123,11 @@ def test_domain_classifier_torch_init(net):
 
 
 def test_config_override_adds_model_field():
-  cfg = config_lib.load_with_overrides("configs/digits_adapt.py:cdan/mnist_usps/tll",
+  cfg = config_lib.load_with_overrides("configs/digits_adapt.py:cdan/mnist_usps",
                                        {"model.param_init": "torch", "adapt.domain_init": "torch"})
   assert cfg.model.param_init == "torch" and cfg.adapt.domain_init == "torch"
   with pytest.raises(config_lib.ConfigError, match="Nearest valid keys: model.param_init"):
-    config_lib.load_with_overrides("configs/digits_adapt.py:cdan/mnist_usps/tll",
+    config_lib.load_with_overrides("configs/digits_adapt.py:cdan/mnist_usps",
                                    {"model.param_inti": "torch"})
   with pytest.raises(config_lib.ConfigError, match="bad value 'x' for config key 'model.fast_ops'"):
     config_lib.load_with_overrides("configs/digits.py:mnist_usps", {"model.fast_ops": "x"})
@@ -145,9 +145,18 @@ def test_config_override_adds_model_field():
                                          {"model.fast_variance": "false", "model.name": "conv4"})
   assert other.model.name == "conv4" and other.model.fast_variance is False
   # A run written before the field existed is the same run as one that sets its default.
-  plain = config_lib.load("configs/digits_adapt.py:cdan/mnist_usps/tll")
+  plain = config_lib.load("configs/digits_adapt.py:cdan/mnist_usps")
   assert config_lib.run_differences(plain, config_lib.load_with_overrides(
-      "configs/digits_adapt.py:cdan/mnist_usps/tll",
+      "configs/digits_adapt.py:cdan/mnist_usps",
       {"adapt.domain_init": "flax", "model.param_init": "flax"})) == {}
   assert config_lib.run_differences(plain, cfg) == {"adapt.domain_init": ("flax", "torch"),
                                                     "model.param_init": ("flax", "torch")}
+  # The /tll recipe trains with PyTorch's initialisers (TLL is PyTorch code); a /tll run written
+  # before that (its config has no model.param_init, and adapt.domain_init "flax") differs from it.
+  tll = config_lib.load("configs/digits_adapt.py:cdan/mnist_usps/tll")
+  old_tll = config_lib.load_with_overrides("configs/digits_adapt.py:cdan/mnist_usps/tll",
+                                           {"adapt.domain_init": "flax"})
+  with old_tll.unlocked():
+    del old_tll.model["param_init"]
+  assert config_lib.run_differences(old_tll, tll) == {"adapt.domain_init": ("flax", "torch"),
+                                                      "model.param_init": ("flax", "torch")}
