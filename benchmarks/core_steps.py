@@ -7,15 +7,15 @@ For each entry it times the engine's own update function (built by the code path
 `train_and_evaluate` uses: the method's model and loss, `steps.make_update`, the jit over the mesh
 with the state donated) on one cached batch, the PyTorch reference of the same step
 (benchmarks/torch_reference.py), a jitted 2048x2048 float32 matmul (the practical FLOP/s ceiling
-of these cores) and, for entries fed by real data, the step fed by the tf.data pipeline. The four
-alternate within every repeat and the median of the repeats is reported, so load from other jobs
-falls on all of them alike; os.getloadavg() is recorded before and after. The pipeline fraction is
-the median over repeats of the cached step's time over the fed step's, the two timed back to back
-(`paired_ratio`); the ratio of their medians is kept in the JSON too. FLOPs come from the
-step's cost_analysis() (benchmarks/flops.py, with XLA's convs and dots: custom calls such as the
-oneDNN convolutions count zero there). Both frameworks run in one process, so under the same malloc
-settings (mmjax.runtime.configure_malloc). Before timing, the PyTorch reference is loaded with the
-JAX params and must give the same loss.
+of these cores) and, for entries fed by real data, the step fed by the input pipeline
+(TrainIterator). The four alternate within every repeat and the median of the repeats is reported,
+so load from other jobs falls on all of them alike; os.getloadavg() is recorded before and after.
+The pipeline fraction is the median over repeats of the cached step's time over the fed step's,
+the two timed back to back (`paired_ratio`); the ratio of their medians is kept in the JSON too.
+FLOPs come from the step's cost_analysis() (benchmarks/flops.py, with XLA's convs and dots: custom
+calls such as the oneDNN convolutions count zero there). Both frameworks run in one process, so
+under the same malloc settings (mmjax.runtime.configure_malloc). Before timing, the PyTorch
+reference is loaded with the JAX params and must give the same loss.
 
 Entries are added to ENTRIES: a name -> function returning a `Runners`.
 """
@@ -266,8 +266,8 @@ def _print_table(rows) -> None:
           f"{r['gflops']:>9.1f}{r['matmul_ceiling_gflops']:>9.1f}{r['fraction_of_ceiling']:>10.2f}"
           f"{r.get('pipeline_fraction', float('nan')):>10.2f}")
   print("JAX/torch: PyTorch's step time over JAX's (>1: JAX faster). ceiling: GFLOP/s of a jitted "
-        f"{timing.MATMUL_SIZE}^2 f32 matmul timed alongside. pipeline: steps/s fed by tf.data over "
-        "steps/s on one cached batch, the median over repeats of the two timed back to back.")
+        f"{timing.MATMUL_SIZE}^2 f32 matmul timed alongside. pipeline: steps/s fed by the input "
+        "pipeline over steps/s on one cached batch, the median over repeats of the two timed back to back.")
 
 
 def _machine() -> dict:

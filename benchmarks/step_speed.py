@@ -3,7 +3,7 @@
 python benchmarks/step_speed.py [--batch=128] [--steps=200] [--parallel=jit] [--out=FILE.json]
 
 Prints a table and writes JSON: first-step seconds (compile + run), steps/s and examples/s on one
-cached batch, and the same with the real tf.data input pipeline feeding every step.
+cached batch, and the same with the real input pipeline feeding every step.
 """
 import json
 import os

@@ -303,6 +303,54 @@ def test_processes_split_each_global_batch():
       np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
 
 
+def _tf_data_batches(arrays, *, global_batch, seed, position=0, process_index=0, process_count=1):
+  """The tf order's batches as TrainIterator made them with tf.data until 2026-11-28 (every table's
+  runs so far): a frozen copy of that pipeline, the reference its numpy gather must equal."""
+  import tensorflow as tf  # noqa: PLC0415
+  num_examples = len(arrays["label"])
+  rows = global_batch // process_count
+  first_row = process_index * rows
+  start_epoch, skip = divmod(position, num_examples)
+
+  def epoch_indices(epoch):
+    permutation = tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64),
+        seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    start = tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0)
+    return tf.data.Dataset.from_tensor_slices(permutation[start:])
+
+  def gather(tensors, indices):
+    batch = {key: tf.gather(value, indices) for key, value in tensors.items()}
+    for key, value in batch.items():
+      if value.dtype == tf.uint8:
+        batch[key] = tf.cast(value, tf.float32) / 255.0
+    batch["label"] = tf.cast(batch["label"], tf.int32)
+    return batch
+
+  tensors = {key: tf.constant(value) for key, value in arrays.items()}
+  indices = tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices).batch(global_batch)
+  return indices.map(lambda b: gather(tensors, b[first_row:first_row + rows])).as_numpy_iterator()
+
+
+@pytest.mark.parametrize("global_batch,position,process_index,process_count",
+                         [(128, 0, 0, 1), (96, 59_950, 0, 1), (128, 1_000, 1, 2)])
+def test_tf_order_batches_equal_the_tf_data_pipeline(global_batch, position, process_index,
+                                                     process_count):
+  """The tf order gathers in numpy now; its batches are bit-identical to the tf.data pipeline's,
+  also straddling an epoch (position 59,950 of MNIST's 60,000), resumed, and split by process."""
+  arrays = data.load_split("mnist", "train")
+  kwargs = dict(global_batch=global_batch, seed=3, position=position,
+                process_index=process_index, process_count=process_count)
+  ours = data.TrainIterator(arrays, **kwargs)
+  reference = _tf_data_batches(arrays, **kwargs)
+  for _ in range(4):
+    got, want = next(ours), next(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+      assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape
+      np.testing.assert_array_equal(got[key], want[key])
+
+
 def test_global_batch_must_divide_among_processes():
   with pytest.raises(ValueError, match="not divisible by process_count=4"):
     data.TrainIterator(synthetic_arrays(), global_batch=6, seed=0, process_count=4)

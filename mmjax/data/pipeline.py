@@ -4,10 +4,12 @@ Training reads one global example stream: epoch e is a permutation of range(N) d
 from (seed, e), and the epochs are concatenated. Global batch k is stream elements [k*B, (k+1)*B),
 so batches may straddle epochs, and process p of P takes rows [p*B/P, (p+1)*B/P) of each global batch.
 
-Two orders draw the permutations (config.data.order): "tf", TensorFlow's stateless shuffle, read
-through tf.data (the default, and every table's runs so far); "numpy", numpy's Philox generator keyed
-by (seed, epoch), read in plain numpy, for machines without TensorFlow. The two give different
-streams, so a run keeps the order it started with.
+Two orders draw the permutations (config.data.order): "tf", TensorFlow's stateless shuffle (the
+default, and every table's runs so far); "numpy", numpy's Philox generator keyed by (seed, epoch),
+for machines without TensorFlow. The two give different streams, so a run keeps the order it started
+with. Either way a permutation is drawn once per epoch and batches are gathered in numpy in the
+calling thread: 0.055 ms (wall and CPU) for 128 MNIST images, where the tf.data pipeline this
+replaced (a map over index batches, prefetch) took 0.34 ms wall and 0.54 ms CPU for the same batches.
 """
 from collections.abc import Iterator, Mapping
 
@@ -69,17 +71,10 @@ class TrainIterator:
     self._global_batch = global_batch
     self._position = position
     first_row = process_index * rows
-    if order == "numpy":
-      self._batches = _numpy_batches(dict(arrays), IndexStream(num_examples, seed, position, "numpy"),
-                                     global_batch, slice(first_row, first_row + rows))
-      return
-    tf = _tensorflow()
-    indices = _global_index_stream(num_examples, seed, position).batch(global_batch)
-    tensors = {key: tf.constant(value) for key, value in arrays.items()}
-    dataset = indices.map(
-        lambda batch: _gather(tensors, batch[first_row:first_row + rows]),
-        num_parallel_calls=tf.data.AUTOTUNE)
-    self._batches = dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    if order == "tf":
+      _tensorflow()  # its clear error now rather than at the first batch
+    self._batches = _numpy_batches(dict(arrays), IndexStream(num_examples, seed, position, order),
+                                   global_batch, slice(first_row, first_row + rows))
 
   @property
   def position(self) -> int:
@@ -112,19 +107,6 @@ def _tensorflow():
   return tf
 
 
-def _global_index_stream(num_examples: int, seed: int, position: int):
-  """Example indices of the global stream from `position` on, without replaying earlier data (tf)."""
-  tf = _tensorflow()
-  start_epoch, skip = divmod(position, num_examples)
-
-  def epoch_indices(epoch):
-    permutation = _epoch_permutation(num_examples, seed, epoch)
-    start = tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0)
-    return tf.data.Dataset.from_tensor_slices(permutation[start:])
-
-  return tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices)
-
-
 def _epoch_permutation(num_examples: int, seed: int, epoch):
   """Epoch `epoch` of the tf global stream: a permutation of range(num_examples) from (seed, epoch)."""
   tf = _tensorflow()
@@ -141,7 +123,7 @@ def numpy_epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndar
 
 
 class IndexStream:
-  """The example indices of TrainIterator's global stream, without tf.data or the arrays.
+  """The example indices of TrainIterator's global stream, without the arrays.
 
   A vmapped sweep gathers each run's batches on the device from these indices; they are the rows
   TrainIterator(arrays, seed=seed, position=position, order=order) would read, in the same order.
@@ -170,16 +152,6 @@ class IndexStream:
     return out
 
 
-def _gather(tensors: dict, indices) -> dict:
-  tf = _tensorflow()
-  batch = {key: tf.gather(value, indices) for key, value in tensors.items()}
-  for key, value in batch.items():
-    if value.dtype == tf.uint8:
-      batch[key] = tf.cast(value, tf.float32) / 255.0
-  batch["label"] = tf.cast(batch["label"], tf.int32)
-  return batch
-
-
 def _numpy_batches(arrays, stream: "IndexStream", global_batch: int, rows: slice):
   """Endless batches of the numpy order: this process's rows of every global batch."""
   while True:
@@ -187,12 +159,12 @@ def _numpy_batches(arrays, stream: "IndexStream", global_batch: int, rows: slice
 
 
 def _gather_numpy(arrays: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
-  """_gather in numpy: the same rows, converted as _gather converts them."""
+  """The rows `indices` of every array, uint8 scaled to float32 in [0, 1] and labels int32."""
   return _convert_numpy({key: value[indices] for key, value in arrays.items()})
 
 
 def _convert_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """In place: uint8 arrays scaled to float32 in [0, 1], labels int32 (what _gather does in tf)."""
+  """In place: uint8 arrays scaled to float32 in [0, 1] (x / 255 in float32), labels int32."""
   for key, value in batch.items():
     if value.dtype == np.uint8:
       batch[key] = value.astype(np.float32) / np.float32(255.0)
@@ -201,7 +173,7 @@ def _convert_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def batch_spec(arrays: Mapping[str, np.ndarray], global_batch: int) -> dict:
-  """Shapes and dtypes of the global batches TrainIterator makes from these arrays (see _gather)."""
+  """Shapes and dtypes of the global batches TrainIterator makes from these arrays (see _convert_numpy)."""
   def spec(key, value):
     dtype = np.int32 if key == "label" else np.float32 if value.dtype == np.uint8 else value.dtype
     return jax.ShapeDtypeStruct((global_batch,) + value.shape[1:], dtype)
