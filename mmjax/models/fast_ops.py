@@ -107,12 +107,12 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 def max_pool(x, window: tuple[int, int]):
   """`nn.max_pool(x, window, strides=window)` (VALID) on NHWC input, as a reshape and a max.
 
-  The values are identical. Where several inputs of a window tie for the maximum, the gradient is
-  split among them instead of going to the first one; after a ReLU such ties are zeros, whose
-  gradient the ReLU zeroes anyway. The derivative rule (`_window_max`) is JAX's own rule for a
-  max-reduce, with the tie count summed over the window's strided slices instead of reduced from a
-  float mask: the same numbers, bit for bit, to every order (for finite tangents; a NaN or inf
-  tangent at a non-maximum no longer leaks into the result).
+  Values and derivatives are `nn.max_pool`'s, bit for bit, to every order and in forward mode:
+  where inputs of a window tie for the maximum, the derivative goes to the first of them in
+  row-major window order, as XLA's select_and_scatter and PyTorch's max_pool2d send it. The
+  derivative rule (`_window_max`) finds each window's maximum and the position of its first
+  maximum in one elementwise pass over the window's strided slices, then routes the tangent with a
+  one-hot select; it never tests inputs for equality with a maximum computed elsewhere (see there).
   """
   n, h, w, c = x.shape
   ph, pw = window
@@ -129,21 +129,46 @@ def _window_max(x, ph, pw):
   return x.reshape(n, h // ph, ph, w // pw, pw, c).max(axis=(2, 4))
 
 
+def _max_and_first_position(x, ph, pw):
+  """Each window's maximum and the position a * pw + b of its first maximum (int8, or int32 past
+  127 positions), from one chain of selects over the window's strided slices."""
+  dtype = _position_dtype(ph, pw)
+  m = x[:, 0::ph, 0::pw]
+  position = jnp.zeros(m.shape, dtype)
+  for k in range(1, ph * pw):
+    a, b = divmod(k, pw)
+    candidate = x[:, a::ph, b::pw]
+    # Strictly larger: a tie keeps the earlier position. A NaN is taken, so it propagates as
+    # in the max itself.
+    later_and_larger = (candidate > m) | jnp.isnan(candidate)
+    m = jnp.where(later_and_larger, candidate, m)
+    position = jnp.where(later_and_larger, dtype(k), position)
+  return m, position
+
+
+def _position_dtype(ph, pw):
+  return jnp.int8 if ph * pw <= 127 else jnp.int32
+
+
 @_window_max.defjvp
 def _window_max_jvp(ph, pw, primals, tangents):
-  # JAX's rule for reduce_max: the tangent averaged over the window's maxima. Autodiff of the
-  # reshape-and-max wrote the maxima's mask out as floats [n, oh, ph, ow, pw, c] in the forward
-  # pass and reduced it with a YNNPACK reduce in the backward (on LeNet's conv1 output, 19 MB each
-  # way); here the count is a sum of ph * pw strided slices, elementwise, and the mask a bool
-  # select. The DANN digits step: 45.8 -> 41.3 ms, paired 1.10 (benchmarks/README.md).
+  # The tangent of each window's first maximum. Until 2026-11-28 this was JAX's reduce-max rule
+  # (the tangent averaged over all tied maxima, found as x == max(x)); under jit XLA:CPU may
+  # recompute a fused producer of x (a batch norm, say) separately for the max and for each
+  # comparison, with rounding that differs by an ulp, so x == max(x) could miss a window's maximum
+  # and its gradient was lost (jit against eager differed by ~1 in float64 for a batch norm before
+  # the pool). Here the maximum and its position come from the same chain of selects; if XLA
+  # recomputes that chain, the position can only move to an input within an ulp of the maximum.
   (x,), (t,) = primals, tangents
   n, h, w, c = x.shape
-  m = _window_max(x, ph, pw)
-  count = sum((x[:, a::ph, b::pw] == m).astype(x.dtype) for a in range(ph) for b in range(pw))
-  six = (n, h // ph, ph, w // pw, pw, c)
-  mask = x.reshape(six) == m[:, :, None, :, None, :]
-  picked = jnp.where(mask, t.reshape(six), jnp.zeros((), t.dtype))
-  return m, picked.sum(axis=(2, 4)) / count
+  ph_pw = (1, 1, ph, 1, pw, 1)
+  m, position = _max_and_first_position(x, ph, pw)
+  dtype = _position_dtype(ph, pw)
+  window_position = (lax.broadcasted_iota(dtype, ph_pw, 2) * pw
+                     + lax.broadcasted_iota(dtype, ph_pw, 4))
+  first = position[:, :, None, :, None, :] == window_position
+  t = t.reshape(n, h // ph, ph, w // pw, pw, c)
+  return m, jnp.where(first, t, jnp.zeros((), t.dtype)).sum(axis=(2, 4))
 
 
 def channel_major_patches(x, kernel_hw: tuple[int, int]):
