@@ -7,8 +7,9 @@ Args: <method>/<pair>, method in dann | cdan | cdan_e | dan, pair in mnist_usps 
 digits recipe instead: its LeNet (conv 20 and 50 channels, 500 hidden, a 256-wide bottleneck with
 batch norm, dropout 0.5 after conv2 and fc1, inputs normalised to [-1, 1]), batch norm in the
 domain classifier, weight decay 1e-3 with Nesterov momentum, the reversal's lambda on TLL's
-warm-start schedule 2 / (1 + exp(-i / 1000)) - 1 at step i (adapt.gamma_per_step), and 10,000 steps; the
-table (sweep()) runs the plain args.
+warm-start schedule 2 / (1 + exp(-i / 1000)) - 1 at step i (adapt.gamma_per_step), PyTorch's
+default initialisers (model.param_init, adapt.domain_init) and 10,000 steps; the table (sweep())
+runs the plain args.
 """
 import pathlib
 
@@ -39,8 +40,9 @@ def get_config(arg=None):
     # TLL's DomainAdversarialLoss and ConditionalDomainAdversarialLoss build their
     # WarmStartGradientReverseLayer with alpha=1, max_iters=1000: lambda = 2 / (1 + exp(-i / 1000)) - 1
     # at step i (0.46 at step 1,000, 0.99 at 5,300), whatever train.steps is. Until 2026-11-27 this
-    # was ten times faster (gamma = 10 * steps / 1000); the digits_tll table's 5-seed runs used that
-    # (--set=adapt.gamma=100 --set=adapt.gamma_per_step=0 reproduces them).
+    # was ten times faster (gamma = 10 * steps / 1000); the digits_tll table's first 5-seed runs
+    # used that, with flax's initialisers (--set=adapt.gamma=100 --set=adapt.gamma_per_step=0
+    # --set=model.param_init=flax --set=adapt.domain_init=flax reproduces them).
     c.adapt.gamma = 0.0
     c.adapt.gamma_per_step = 0.001
   return c

@@ -153,7 +153,7 @@ class IndexStream:
 
 
 def _numpy_batches(arrays, stream: "IndexStream", global_batch: int, rows: slice):
-  """Endless batches of the numpy order: this process's rows of every global batch."""
+  """Endless batches of either order (the stream's): this process's rows of every global batch."""
   while True:
     yield _gather_numpy(arrays, stream.take(global_batch)[rows])
 

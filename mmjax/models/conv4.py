@@ -18,9 +18,9 @@ class Conv4(nn.Module):
   `pool="stride"` downsamples with stride-2 convs (MAML's Omniglot network: 28x28 -> 2x2x64 = 256
   features); `pool="max"` uses stride-1 convs and 2x2 max-pooling (MAML's MiniImagenet network and
   the Vinyals et al. one; 28x28 -> 1x1x64). Returns {"features", "logits"}. `fast_ops` runs the
-  convs through `mmjax.models.fast_ops` (oneDNN on CPU when available; the same params and math,
-  derivatives of every order). `fast_variance`: the norms' variance as mean(x^2) - mean(x)^2 (fewer passes;
-  `norms.BatchStatsNorm`), False: mean((x - mean)^2).
+  convs (and `pool="max"`'s pooling) through `mmjax.models.fast_ops` (oneDNN on CPU when available;
+  the same params and math, derivatives of every order). `fast_variance`: the norms' variance as
+  mean(x^2) - mean(x)^2 (fewer passes; `norms.BatchStatsNorm`), False: mean((x - mean)^2).
   """
   num_classes: int = 5
   width: int = 64

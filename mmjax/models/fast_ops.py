@@ -107,9 +107,11 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 def max_pool(x, window: tuple[int, int]):
   """`nn.max_pool(x, window, strides=window)` (VALID) on NHWC input, as a reshape and a max.
 
-  Values and derivatives are `nn.max_pool`'s, bit for bit, to every order and in forward mode:
-  where inputs of a window tie for the maximum, the derivative goes to the first of them in
-  row-major window order, as XLA's select_and_scatter and PyTorch's max_pool2d send it. The
+  Values and derivatives are `nn.max_pool`'s, bit for bit, to every order and in forward mode, for
+  finite inputs: where inputs of a window tie for the maximum, the derivative goes to the first of
+  them in row-major window order, as XLA's select_and_scatter and PyTorch's max_pool2d send it. A
+  NaN in a window gives NaN as the max does, and takes the derivative (nn.max_pool's goes to the
+  largest number); under differentiation a window of signed zeros may give -0.0 for 0.0. The
   derivative rule (`_window_max`) finds each window's maximum and the position of its first
   maximum in one elementwise pass over the window's strided slices, then routes the tangent with a
   one-hot select; it never tests inputs for equality with a maximum computed elsewhere (see there).

@@ -1,8 +1,9 @@
 """Trainers: config.trainer -> a `train_and_evaluate(config, workdir) -> results` function.
 
-The trainers (and with them tf.data) are imported on first use, so that the step builders in
-`mmjax.train.steps` and `mmjax.train.optim` import without TensorFlow: benchmarks/gpu_steps.py runs
-them on accelerator machines that have only jax, flax and optax.
+The trainers (and with them TensorFlow, for tfds and the tf example order) are imported on first
+use, so that the step builders in `mmjax.train.steps` and `mmjax.train.optim` import without
+TensorFlow: benchmarks/gpu_steps.py runs them on accelerator machines that have only jax, flax and
+optax.
 """
 import importlib
 
