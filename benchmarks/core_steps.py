@@ -267,7 +267,8 @@ def _print_table(rows) -> None:
           f"{r.get('pipeline_fraction', float('nan')):>10.2f}")
   print("JAX/torch: PyTorch's step time over JAX's (>1: JAX faster). ceiling: GFLOP/s of a jitted "
         f"{timing.MATMUL_SIZE}^2 f32 matmul timed alongside. pipeline: steps/s fed by the input "
-        "pipeline over steps/s on one cached batch, the median over repeats of the two timed back to back.")
+        "pipeline over steps/s on one cached batch, the median over repeats of the two timed back "
+        "to back.")
 
 
 def _machine() -> dict:

@@ -52,10 +52,9 @@ class Conv4(nn.Module):
       x = BatchStatsNorm(epsilon=MAML_NORM_EPSILON, dtype=self.dtype, relu=True,
                          use_fast_variance=self.fast_variance,
                          name=f"norm{i + 1}")(x)
-      if self.pool == "max" and self.fast_ops:
-        x = ops.max_pool(x, (2, 2))  # the same values; a reshape-and-max with a cheap derivative
-      elif self.pool == "max":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      if self.pool == "max":  # fast_ops: the same values and derivatives, cheaper on XLA:CPU
+        x = (ops.max_pool(x, (2, 2)) if self.fast_ops
+             else nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
     features = x.reshape(x.shape[0], -1)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
     return {"features": features, "logits": logits.astype(jnp.float32)}

@@ -165,9 +165,8 @@ def _window_max_jvp(ph, pw, primals, tangents):
   n, h, w, c = x.shape
   ph_pw = (1, 1, ph, 1, pw, 1)
   m, position = _max_and_first_position(x, ph, pw)
-  dtype = _position_dtype(ph, pw)
-  window_position = (lax.broadcasted_iota(dtype, ph_pw, 2) * pw
-                     + lax.broadcasted_iota(dtype, ph_pw, 4))
+  window_position = (lax.broadcasted_iota(position.dtype, ph_pw, 2) * pw
+                     + lax.broadcasted_iota(position.dtype, ph_pw, 4))
   first = position[:, :, None, :, None, :] == window_position
   t = t.reshape(n, h // ph, ph, w // pw, pw, c)
   return m, jnp.where(first, t, jnp.zeros((), t.dtype)).sum(axis=(2, 4))
