@@ -20,6 +20,8 @@ PROTOCOLS = {
     "source_val": "hyperparameters chosen on a held-out source validation set",
     "reverse_val": "hyperparameters chosen by reverse validation (Ganin et al. 2016, §5.1.2)",
     "oracle": "hyperparameters chosen on target test labels (target oracle; an upper bound)",
+    "early_stopping": "fixed hyperparameters, and the weights of the epoch chosen by early stopping "
+                      "on a held-out source validation set",
 }
 
 
@@ -51,11 +53,20 @@ def collect(root, cells, spec: TableSpec) -> list:
     path = experiments.cell_dir(root, cell) / "results.json"
     if experiments.is_finished(root, cell):
       finished.setdefault((cell.row, cell.column), []).append(json.loads(path.read_text()))
+  runs = {key: [{"value": _value(r, spec.metric), "wall_time_s": r["wall_time_s"],
+                 **{label: _value(r, m) for label, m in spec.extra_metrics.items()}} for r in rs]
+          for key, rs in finished.items()}
+  return records_from_runs(spec, runs)
+
+
+def records_from_runs(spec: TableSpec, runs: dict) -> list:
+  """The table's records from {(row, column): [{"value", "wall_time_s", <extra label>: number}]},
+  one dict per finished seed: for tables whose runs are not engine cells."""
   records = []
   for column in spec.columns:
     for row in spec.rows:
-      runs = finished.get((row, column), [])
-      values = np.array([_value(r, spec.metric) for r in runs])
+      found = runs.get((row, column), [])
+      values = np.array([r["value"] for r in found])
       published = spec.published.get((row, column))
       mean = float(values.mean()) if len(values) else float("nan")
       records.append({
@@ -63,9 +74,9 @@ def collect(root, cells, spec: TableSpec) -> list:
           "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
           "published": published,
           "diff": mean - published if published is not None and len(values) else None,
-          "wall_time_s": float(sum(r["wall_time_s"] for r in runs)),
-          **{label: float(np.mean([_value(r, m) for r in runs])) if runs else float("nan")
-             for label, m in spec.extra_metrics.items()},
+          "wall_time_s": float(sum(r["wall_time_s"] for r in found)),
+          **{label: float(np.mean([r[label] for r in found])) if found else float("nan")
+             for label in spec.extra_metrics},
       })
   if spec.mean_column:
     records += [_mean_over_columns(spec, row, [r for r in records if r["row"] == row])
