@@ -24,15 +24,18 @@ and the paper can be told apart from a gap between the paper and its own protoco
   is tested on each of that source's pairs.
 
 What is not theirs: the per-step update is jax.grad of that objective (tests/test_amazon_authors.py
-checks it against a numpy transcription of DANN.py's hand-written deltas), the target draws come
-from a per-epoch numpy vector (theirs are drawn one by one), and seeds are 0..n-1 (their script uses
-one seed, 12342). The paper chose lambda, and other hyperparameters, per pair by reverse validation;
+checks it against a numpy transcription of DANN.py's hand-written deltas, and the whole fit against
+a numpy transcription of their loop), and seeds are 0..n-1 where their script uses one seed, 12342.
+The random draws come in their order (W, then V, then one target index per source example), so
+--seed_list=12342 replays their script's run up to float summation order. The paper chose lambda, and other hyperparameters, per pair by reverse validation;
 this script's table runs one lambda for all pairs, so its DANN row is not the paper's protocol.
 With --reverse_lams it runs DANN at each lambda of a grid, each run followed by its reverse run (the
 paper's §5.1.2, with the same algorithm: the target's train reviews pseudo-labelled by the run, their
 last 10% the reverse run's validation set, the source's training part its unlabelled target; the
 score is the reverse model's accuracy on the source's validation set), and tabulates per pair the
-lambda with the best mean reverse score over seeds, beside the target oracle's choice.
+lambda with the best mean reverse score over seeds, beside the target oracle's choice. As in
+mmjax.selection, the forward run sees all of the target's train reviews, the reverse run's
+validation set included (without labels).
 
 Each run writes <workdir>/<tag>/<method>/<pair>/seed_<n>.json, with <tag> naming lambda, lr and the
 epochs (finished runs are skipped when the script is run again); the table goes to
@@ -70,6 +73,7 @@ PATIENCE_FACTOR = 1.5   # and becomes max(itself, int(1.5 t)) at each new best e
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "where runs and the table go", required=True)
 flags.DEFINE_integer("seeds", 5, "seeds 0..n-1 per pair and method")
+flags.DEFINE_list("seed_list", [], "these seeds instead (12342: the authors' script's run)")
 flags.DEFINE_float("lam", 0.1, "DANN's constant lambda (the authors' script: 0.1)")
 flags.DEFINE_float("lr", 0.001, "SGD learning rate (the authors' script: 0.001 on these features)")
 flags.DEFINE_integer("max_epochs", 200, "the authors' maxiter")
@@ -131,7 +135,6 @@ def init_params(rng: np.random.RandomState, num_features: int, hidden: int = HID
 def make_step(lam: float, lr: float):
   """One SGD step of the authors' algorithm on (source x, label y, target x2), by jax.grad."""
   import jax
-  import jax.numpy as jnp
 
   def hidden(p, x):
     return jax.nn.sigmoid(p["W"] @ x + p["b"])
@@ -182,9 +185,10 @@ def train(xs, ys, xt, x_valid, y_valid, *, lam, lr, seed, max_epochs):
     for t in range(max_epochs):
       params = epoch(params, rng.randint(len(xt), size=len(xs)))
       error = float(np.mean(predict(jax.device_get(params), x_valid) != y_valid))
-      if error <= rule.best_error:
+      stop = rule.update(t, error)
+      if rule.best_epoch == t:
         best = params
-      if rule.update(t, error):
+      if stop:
         break
     return jax.device_get(best), rule.best_epoch, t, rule.best_error
 
@@ -200,6 +204,8 @@ def _finished(path: pathlib.Path, job: dict):
   if not path.exists():
     return None
   record = json.loads(path.read_text())
+  if any(record.get(k) != job[k] for k in ("method", "seed", "lam", "lr", "max_epochs")):
+    raise ValueError(f"{path} holds a run of another configuration; use another --workdir")
   return None if job.get("reverse") and "reverse_valid_accuracy" not in record else record
 
 
@@ -217,6 +223,7 @@ def run_one(job: dict) -> list:
   best, best_epoch, last_epoch, valid_error = train(
       xs[:-n_valid], ys[:-n_valid], xt, xs[-n_valid:], ys[-n_valid:], lam=job["lam"],
       lr=job["lr"], seed=job["seed"], max_epochs=job["max_epochs"])
+  wall = time.time() - start
   extra = {}
   if job.get("reverse"):  # the paper's reverse validation (§5.1.2), with the same algorithm
     pseudo = predict(best, xt)
@@ -225,7 +232,7 @@ def run_one(job: dict) -> list:
                         pseudo[-n_valid_t:], lam=job["lam"], lr=job["lr"], seed=job["seed"],
                         max_epochs=job["max_epochs"])
     extra["reverse_valid_accuracy"] = float(np.mean(predict(reverse, xs[-n_valid:]) == ys[-n_valid:]))
-  wall = time.time() - start
+    extra["reverse_wall_time_s"] = time.time() - start - wall
   records = []
   for (pair, _), path in zip(job["pairs"], paths):
     x_test, y_test = _load(DOMAINS[pair.split("→")[1]], "test")
@@ -241,7 +248,7 @@ def run_one(job: dict) -> list:
   return records
 
 
-def spec(lam: float, lr: float, columns, methods=tuple(ROWS)) -> tables.TableSpec:
+def spec(lam: float, lr: float, max_epochs: int, columns, methods=tuple(ROWS)) -> tables.TableSpec:
   return tables.TableSpec(
       name="amazon_authors",
       title="Amazon reviews, the DANN authors' shallow algorithm: target test accuracy",
@@ -255,13 +262,17 @@ def spec(lam: float, lr: float, columns, methods=tuple(ROWS)) -> tables.TableSpe
       mean_column=len(columns) > 1,
       notes=f"The authors' code (DANN.py) transcribed to JAX: one example per step, SGD lr {lr}, "
             f"constant lambda {lam} for every pair, the source's last 10% as the validation set of "
-            "their early-stopping rule, at most 200 epochs (experiments/amazon_authors.py).")
+            f"their early-stopping rule, at most {max_epochs} epochs (experiments/amazon_authors.py).")
+
+
+def _tag(lam: float, max_epochs: int) -> str:
+  return f"lam{lam:g}_lr{FLAGS.lr:g}_ep{max_epochs}"
 
 
 def make_jobs(root, method, pairs, seeds, lam, max_epochs, reverse=False) -> list:
-  tag = f"lam{lam:g}_lr{FLAGS.lr:g}_ep{max_epochs}"
+  tag = _tag(lam, max_epochs)
   jobs = []
-  for seed in range(seeds):
+  for seed in seeds:
     for pair in pairs:
       s, t = (DOMAINS[n] for n in pair.split("→"))
       entry = (pair, str(root / tag / f"{method}/{s}_{t}/seed_{seed}.json"))
@@ -312,10 +323,12 @@ def reverse_validation(root, pairs, seeds, lams, max_epochs):
       mean_column=len(pairs) > 1,
       notes=f"lambda from {{{grid}}}; " + "; ".join(
           f"{c}: reverse validation {choices[('reverse_val', c)]:g}, oracle "
-          f"{choices[('oracle', c)]:g}" for c in pairs) + ". Each run (and reverse run) is the "
-          "authors' algorithm with their early stopping (experiments/amazon_authors.py).")
-  out = root / ("reverse_" + "_".join(f"{l:g}" for l in lams)) / "table"
-  paths = tables.write_all(out, table_spec, tables.records_from_runs(table_spec, runs), seeds)
+          f"{choices[('oracle', c)]:g}" for c in pairs) + f". Each run (and reverse run) is the "
+          f"authors' algorithm, SGD lr {FLAGS.lr:g}, with their early stopping, at most "
+          f"{max_epochs} epochs (experiments/amazon_authors.py).")
+  out = root / ("reverse_" + "_".join(f"{l:g}" for l in lams) + f"_lr{FLAGS.lr:g}_ep{max_epochs}")
+  paths = tables.write_all(out / "table", table_spec, tables.records_from_runs(table_spec, runs),
+                           len(seeds))
   logging.info("%d runs and their reverse runs in %.0f s; table: %s", len(records),
                time.time() - start, paths["md"])
   print(paths["md"].read_text())
@@ -324,9 +337,10 @@ def reverse_validation(root, pairs, seeds, lams, max_epochs):
 def main(argv):
   del argv
   pairs = [parse_pair(p) for p in FLAGS.pairs]
-  seeds, max_epochs = FLAGS.seeds, FLAGS.max_epochs
+  seeds = [int(x) for x in FLAGS.seed_list] or list(range(FLAGS.seeds))
+  max_epochs = FLAGS.max_epochs
   if FLAGS.quick:
-    pairs, seeds, max_epochs = pairs[:2], 1, 3
+    pairs, seeds, max_epochs = pairs[:2], [0], 3
   unknown = set(FLAGS.methods) - set(ROWS)
   if unknown:
     raise app.UsageError(f"unknown methods {sorted(unknown)}; use nn, dann")
@@ -342,10 +356,10 @@ def main(argv):
   for r in records:
     runs.setdefault((ROWS[r["method"]], r["pair"]), []).append(
         {"value": r["target_test_accuracy"], "wall_time_s": r["wall_time_s"]})
-  table_spec = spec(FLAGS.lam, FLAGS.lr, pairs, FLAGS.methods)
+  table_spec = spec(FLAGS.lam, FLAGS.lr, max_epochs, pairs, FLAGS.methods)
   records_ = tables.records_from_runs(table_spec, runs)
-  tag = f"lam{FLAGS.lam:g}_lr{FLAGS.lr:g}_ep{max_epochs}"
-  paths = tables.write_all(root / tag / "table", table_spec, records_, seeds)
+  paths = tables.write_all(root / _tag(FLAGS.lam, max_epochs) / "table", table_spec, records_,
+                           len(seeds))
   logging.info("%d runs in %.0f s; table: %s", len(jobs), time.time() - start, paths["md"])
   epochs = [r["best_epoch"] for r in records]
   print(paths["md"].read_text())

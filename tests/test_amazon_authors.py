@@ -79,6 +79,41 @@ def test_autodiff_step_equals_the_authors_hand_written_updates(lam):
   assert np.abs(got["W"] - p["W"]).max() > 1e-3
 
 
+def test_fit_equals_the_authors_loop_with_their_draws_and_early_stopping():
+  """train() against DANN.py's fit written out in numpy: their init, one target draw per example
+  from the same generator, their stopping rule inline, and the best epoch's weights."""
+  rng = np.random.RandomState(10)  # a problem whose best epoch (23) extends the horizon past 30
+  n, features = 40, 30
+  direction = rng.normal(size=features)
+  x = rng.poisson(1.0, size=(n + 10, features)).astype(np.float64)
+  y = ((x - 1.0) @ direction + rng.normal(scale=3.0, size=n + 10) > 0).astype(int)
+  xs, ys, xv, yv = x[:n], y[:n], x[n:], y[n:]
+  xt = rng.poisson(1.3, size=(35, features)).astype(np.float64)
+  lam, lr, seed, max_epochs = 0.3, 0.1, 7, 60
+  best, best_epoch, last_epoch, best_error = authors.train(xs, ys, xt, xv, yv, lam=lam, lr=lr,
+                                                           seed=seed, max_epochs=max_epochs)
+  # DANN.py's fit, numpy only.
+  g = np.random.RandomState(seed)
+  bound = lambda i, o: np.sqrt(6.0 / (i + o))
+  p = {"W": bound(features, 50) * (2 * g.rand(50, features) - 1),
+       "V": bound(50, 2) * (2 * g.rand(2, 50) - 1), "b": np.zeros(50), "c": np.zeros(2),
+       "w": np.zeros(50), "d": np.zeros(())}
+  best_risk, until, want = 2.0, 30, None
+  for t in range(max_epochs):
+    draws = np.array([g.randint(len(xt)) for _ in range(n)])
+    p = _authors_deltas_fit(p, xs, ys, xt, draws, lam, lr)
+    risk = np.mean(authors.predict(p, xv) != yv)
+    if risk <= best_risk:
+      best_risk, want, want_epoch = risk, {k: v.copy() for k, v in p.items()}, t
+      until = max(until, int(1.5 * t))
+    elif t > until:
+      break
+  assert (best_epoch, last_epoch, best_error) == (want_epoch, t, best_risk)
+  assert (best_epoch, last_epoch) == (23, 35)  # stopped at the first epoch past int(1.5 * 23)
+  for k in ("W", "V", "b", "c"):
+    np.testing.assert_allclose(best[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
 def test_init_follows_the_authors_bounds():
   p = authors.init_params(np.random.RandomState(1), 5000)
   assert p["W"].shape == (50, 5000) and p["V"].shape == (2, 50)
@@ -93,6 +128,7 @@ def test_early_stopping_is_the_authors_rule():
   assert authors.early_stopping(errors) == (40, 61)
   # Ties count as new bests (<=): the last of equal errors is kept, and moves the horizon.
   assert authors.early_stopping([0.3, 0.3, 0.3] + [0.4] * 40) == (2, 31)
+  assert authors.early_stopping([0.3] * 22 + [0.4] * 20) == (21, 32)
   # Nothing better after the start: at least 30 epochs, stop at the 31st.
   assert authors.early_stopping([0.2] + [0.25] * 50) == (0, 31)
   # Fewer epochs than the horizon: the last epoch is the last trained.
@@ -145,10 +181,10 @@ def test_quick_reverse_validation_keeps_the_lambda_with_the_best_reverse_score(t
   chosen = max(runs, key=lambda lam: (runs[lam]["reverse_valid_accuracy"], lam == "0.1"))
   oracle = max(runs, key=lambda lam: (runs[lam]["target_test_accuracy"], lam == "0.1"))
   rows = {r["row"]: r for r in csv.DictReader(
-      (tmp_path / "reverse_0.1_1/table/amazon_authors_selection.csv").open())}
+      (tmp_path / "reverse_0.1_1_lr0.001_ep3/table/amazon_authors_selection.csv").open())}
   assert float(rows["DANN, reverse validation"]["mean"]) == pytest.approx(
       runs[chosen]["target_test_accuracy"])
   assert float(rows["DANN, target oracle (upper bound)"]["mean"]) == pytest.approx(
       runs[oracle]["target_test_accuracy"])
-  md = (tmp_path / "reverse_0.1_1/table/amazon_authors_selection.md").read_text()
+  md = (tmp_path / "reverse_0.1_1_lr0.001_ep3/table/amazon_authors_selection.md").read_text()
   assert f"D→B: reverse validation {chosen}, oracle {oracle}" in md
