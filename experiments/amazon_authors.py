@@ -58,7 +58,9 @@ from mmjax import tables  # noqa: E402
 
 NAMES = {"books": "B", "dvd": "D", "electronics": "E", "kitchen": "K"}
 DOMAINS = {v: k for k, v in NAMES.items()}
-# (DANN, NN) target accuracy per pair, Ganin et al. 2016, Table 1 (original features).
+# (DANN, NN) target accuracy per pair, Ganin et al. 2016, Table 1 (original features). A copy of
+# experiments/amazon_table.PUBLISHED (a test checks they are equal): importing that module would
+# bring mmjax.table_script's flags, whose names these scripts share.
 PUBLISHED = {
     "B→D": (.784, .790), "B→E": (.733, .747), "B→K": (.779, .778), "D→B": (.723, .720),
     "D→E": (.754, .732), "D→K": (.783, .778), "E→B": (.713, .709), "E→D": (.738, .733),
@@ -71,18 +73,23 @@ MIN_EPOCHS = 30         # the authors' continue_until starts at 30 epochs
 PATIENCE_FACTOR = 1.5   # and becomes max(itself, int(1.5 t)) at each new best epoch t
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "where runs and the table go", required=True)
-flags.DEFINE_integer("seeds", 5, "seeds 0..n-1 per pair and method")
-flags.DEFINE_list("seed_list", [], "these seeds instead (12342: the authors' script's run)")
-flags.DEFINE_float("lam", 0.1, "DANN's constant lambda (the authors' script: 0.1)")
-flags.DEFINE_float("lr", 0.001, "SGD learning rate (the authors' script: 0.001 on these features)")
-flags.DEFINE_integer("max_epochs", 200, "the authors' maxiter")
-flags.DEFINE_list("pairs", list(PUBLISHED), "pairs to run, e.g. D→B,D→E (or dvd_books)")
-flags.DEFINE_list("methods", list(ROWS), "nn, dann")
-flags.DEFINE_list("reverse_lams", [], "a lambda grid (e.g. 0.01,0.0316,0.1,0.316,1): run DANN at "
-                  "each with its reverse run, and tabulate lambda chosen by reverse validation")
-flags.DEFINE_integer("parallel", 1, "runs at once, one process each")
-flags.DEFINE_bool("quick", False, "2 pairs, 1 seed, at most 3 epochs: checks the script, not the paper")
+
+
+def _define_flags():
+  """Defined when run as a script only: tests import this module beside mmjax.table_script, whose
+  flags share some of these names."""
+  flags.DEFINE_string("workdir", None, "where runs and the table go", required=True)
+  flags.DEFINE_integer("seeds", 5, "seeds 0..n-1 per pair and method")
+  flags.DEFINE_list("seed_list", [], "these seeds instead (12342: the authors' script's run)")
+  flags.DEFINE_float("lam", 0.1, "DANN's constant lambda (the authors' script: 0.1)")
+  flags.DEFINE_float("lr", 0.001, "SGD learning rate (the authors' script: 0.001 on these features)")
+  flags.DEFINE_integer("max_epochs", 200, "the authors' maxiter")
+  flags.DEFINE_list("pairs", list(PUBLISHED), "pairs to run, e.g. D→B,D→E (or dvd_books)")
+  flags.DEFINE_list("methods", list(ROWS), "nn, dann")
+  flags.DEFINE_list("reverse_lams", [], "a lambda grid (e.g. 0.01,0.0316,0.1,0.316,1): run DANN at "
+                    "each with its reverse run, and tabulate lambda chosen by reverse validation")
+  flags.DEFINE_integer("parallel", 1, "runs at once, one process each")
+  flags.DEFINE_bool("quick", False, "2 pairs, 1 seed, at most 3 epochs: checks the script, not the paper")
 
 
 def early_stopping(valid_errors, min_epochs=MIN_EPOCHS, factor=PATIENCE_FACTOR):
@@ -368,4 +375,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -135,6 +135,13 @@ def test_early_stopping_is_the_authors_rule():
   assert authors.early_stopping([0.3, 0.2, 0.25]) == (1, 2)
 
 
+def test_published_numbers_are_the_amazon_tables():
+  spec = importlib.util.spec_from_file_location("amazon_table", REPO / "experiments/amazon_table.py")
+  amazon_table = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(amazon_table)
+  assert authors.PUBLISHED == amazon_table.PUBLISHED
+
+
 def test_pairs_parse_both_spellings():
   assert authors.parse_pair("dvd_books") == authors.parse_pair("D->B") == "D→B"
   with pytest.raises(ValueError, match="unknown pair"):
