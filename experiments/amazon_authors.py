@@ -44,7 +44,6 @@ epochs (finished runs are skipped when the script is run again); the table goes 
 import concurrent.futures
 import json
 import multiprocessing
-import os
 import pathlib
 import sys
 import time
@@ -55,6 +54,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from mmjax import tables  # noqa: E402
+from mmjax.train import writers  # noqa: E402
 
 NAMES = {"books": "B", "dvd": "D", "electronics": "E", "kitchen": "K"}
 DOMAINS = {v: k for k, v in NAMES.items()}
@@ -248,9 +248,7 @@ def run_one(job: dict) -> list:
               "source_valid_accuracy": 1.0 - valid_error, "best_epoch": best_epoch,
               "epochs_trained": last_epoch + 1, "wall_time_s": wall / len(paths), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    writers.write_json_atomic(path, record)
     records.append(record)
   return records
 
