@@ -40,6 +40,9 @@ validation set included (without labels).
 Each run writes <workdir>/<tag>/<method>/<pair>/seed_<n>.json, with <tag> naming lambda, lr and the
 epochs (finished runs are skipped when the script is run again); the table goes to
 <workdir>/<tag>/table/amazon_authors.{md,tex,csv}, its NN row from the NN runs' own tag (lambda 0).
+The folder is "table" for all 12 pairs and seeds 0-4; other runs name their pairs and seeds in it
+(table_DB_KE_seeds0), so that a smaller run does not overwrite the full table. The same holds for
+the reverse-validation table in <workdir>/reverse_<grid>_lr<lr>_ep<epochs>/.
 """
 import concurrent.futures
 import json
@@ -274,6 +277,16 @@ def _tag(lam: float, max_epochs: int) -> str:
   return f"lam{lam:g}_lr{FLAGS.lr:g}_ep{max_epochs}"
 
 
+def table_dir(pairs, seeds) -> str:
+  """"table" for the full table (12 pairs, seeds 0-4); else a name with the pairs and the seeds."""
+  parts = ["table"]
+  if sorted(pairs) != sorted(PUBLISHED):
+    parts += [p.replace("→", "") for p in pairs]
+  if list(seeds) != list(range(5)):
+    parts.append("seeds" + "-".join(str(s) for s in seeds))
+  return "_".join(parts)
+
+
 def make_jobs(root, method, pairs, seeds, lam, max_epochs, reverse=False) -> list:
   tag = _tag(lam, max_epochs)
   jobs = []
@@ -332,7 +345,8 @@ def reverse_validation(root, pairs, seeds, lams, max_epochs):
           f"authors' algorithm, SGD lr {FLAGS.lr:g}, with their early stopping, at most "
           f"{max_epochs} epochs (experiments/amazon_authors.py).")
   out = root / ("reverse_" + "_".join(f"{l:g}" for l in lams) + f"_lr{FLAGS.lr:g}_ep{max_epochs}")
-  paths = tables.write_all(out / "table", table_spec, tables.records_from_runs(table_spec, runs),
+  paths = tables.write_all(out / table_dir(pairs, seeds), table_spec,
+                           tables.records_from_runs(table_spec, runs),
                            len(seeds))
   logging.info("%d runs and their reverse runs in %.0f s; table: %s", len(records),
                time.time() - start, paths["md"])
@@ -363,8 +377,8 @@ def main(argv):
         {"value": r["target_test_accuracy"], "wall_time_s": r["wall_time_s"]})
   table_spec = spec(FLAGS.lam, FLAGS.lr, max_epochs, pairs, FLAGS.methods)
   records_ = tables.records_from_runs(table_spec, runs)
-  paths = tables.write_all(root / _tag(FLAGS.lam, max_epochs) / "table", table_spec, records_,
-                           len(seeds))
+  paths = tables.write_all(root / _tag(FLAGS.lam, max_epochs) / table_dir(pairs, seeds), table_spec,
+                           records_, len(seeds))
   logging.info("%d runs in %.0f s; table: %s", len(jobs), time.time() - start, paths["md"])
   epochs = [r["best_epoch"] for r in records]
   print(paths["md"].read_text())

@@ -148,6 +148,14 @@ def test_pairs_parse_both_spellings():
     authors.parse_pair("D→D")
 
 
+def test_table_folder_names_pairs_and_seeds_unless_the_full_table():
+  assert authors.table_dir(list(authors.PUBLISHED), range(5)) == "table"
+  assert authors.table_dir(list(reversed(authors.PUBLISHED)), [0, 1, 2, 3, 4]) == "table"
+  assert authors.table_dir(["D→B", "K→E"], [0]) == "table_DB_KE_seeds0"
+  assert authors.table_dir(list(authors.PUBLISHED), [12342]) == "table_seeds12342"
+  assert authors.table_dir(["D→B"], range(5)) == "table_DB"
+
+
 def test_quick_run_on_the_amazon_files_writes_the_table_and_resumes(tmp_path):
   env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   args = [sys.executable, str(REPO / "experiments/amazon_authors.py"), f"--workdir={tmp_path}",
@@ -155,7 +163,7 @@ def test_quick_run_on_the_amazon_files_writes_the_table_and_resumes(tmp_path):
   out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = {(r["column"], r["row"]): r for r in csv.DictReader(
-      (tmp_path / "lam0.1_lr0.001_ep3/table/amazon_authors.csv").open())}
+      (tmp_path / "lam0.1_lr0.001_ep3/table_DB_KE_seeds0/amazon_authors.csv").open())}
   for key in [("D→B", "DANN"), ("K→E", "NN (source only)")]:
     assert rows[key]["n"] == "1" and 0.5 < float(rows[key]["mean"]) <= 1.0
   assert float(rows[("D→B", "DANN")]["published"]) == pytest.approx(0.723)
@@ -164,7 +172,7 @@ def test_quick_run_on_the_amazon_files_writes_the_table_and_resumes(tmp_path):
   record = json.loads(runs[0].read_text())
   assert record["epochs_trained"] == 3 and 0 <= record["best_epoch"] <= 2
   # Run again: the finished runs are read back, not retrained, and give the same table.
-  table = tmp_path / "lam0.1_lr0.001_ep3/table/amazon_authors.csv"
+  table = tmp_path / "lam0.1_lr0.001_ep3/table_DB_KE_seeds0/amazon_authors.csv"
   before = table.read_text()
   stamps = [p.stat().st_mtime_ns for p in runs]
   out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -188,10 +196,10 @@ def test_quick_reverse_validation_keeps_the_lambda_with_the_best_reverse_score(t
   chosen = max(runs, key=lambda lam: (runs[lam]["reverse_valid_accuracy"], lam == "0.1"))
   oracle = max(runs, key=lambda lam: (runs[lam]["target_test_accuracy"], lam == "0.1"))
   rows = {r["row"]: r for r in csv.DictReader(
-      (tmp_path / "reverse_0.1_1_lr0.001_ep3/table/amazon_authors_selection.csv").open())}
+      (tmp_path / "reverse_0.1_1_lr0.001_ep3/table_DB_seeds0/amazon_authors_selection.csv").open())}
   assert float(rows["DANN, reverse validation"]["mean"]) == pytest.approx(
       runs[chosen]["target_test_accuracy"])
   assert float(rows["DANN, target oracle (upper bound)"]["mean"]) == pytest.approx(
       runs[oracle]["target_test_accuracy"])
-  md = (tmp_path / "reverse_0.1_1_lr0.001_ep3/table/amazon_authors_selection.md").read_text()
+  md = (tmp_path / "reverse_0.1_1_lr0.001_ep3/table_DB_seeds0/amazon_authors_selection.md").read_text()
   assert f"D→B: reverse validation {chosen}, oracle {oracle}" in md
