@@ -23,6 +23,9 @@ flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every cell, 
                           "--set=data.order=numpy (repeat for more); use a --workdir of its own")
 flags.DEFINE_bool("tables_only", False, "train nothing: write the table from the finished cells")
 flags.DEFINE_string("note", "", "appended to the table's notes (e.g. the machine the runs ran on)")
+flags.DEFINE_enum("checkpoint", "last", ["last", "selected"], "report each run's last step, or "
+                  "the step its config.select chose (cells run with e.g. --set=select.metric="
+                  "source_val/accuracy --set=eval_every=500); writes <name>_selected.*")
 flags.DEFINE_list("columns", None, "model-selection tables: the columns (tasks) to run, e.g. "
                   "A→W,D→C; default all")
 FLAGS = flags.FLAGS
@@ -104,6 +107,9 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   status = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep).run(to_run)
   if FLAGS.quick:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
+  if FLAGS.checkpoint == "selected":
+    spec = tables.TableSpec(**{**vars(spec), "name": f"{spec.name}_selected",
+                               "checkpoint": "selected", "protocol": "selected_checkpoint"})
   if FLAGS.note:
     spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {FLAGS.note}".strip()})
   paths = write_outputs(spec, root, cells, len(seeds), conclusion)
@@ -121,6 +127,9 @@ def selection_main(spec: tables.TableSpec, settings: list, grid: dict, rows: dic
   which a sweep holds in memory."""
   if not FLAGS.workdir:
     raise SystemExit("--workdir is required")
+  if FLAGS.checkpoint != "last":
+    raise SystemExit("--checkpoint=selected is for the main tables; model-selection tables choose "
+                     "hyperparameters at the last step")
   logs.setup()
   if FLAGS.quick:
     spec = tables.TableSpec(**{**vars(spec), "notes": "QUICK CHECK: a few steps, 1 seed; not a result."})

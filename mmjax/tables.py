@@ -22,6 +22,9 @@ PROTOCOLS = {
     "oracle": "hyperparameters chosen on target test labels (target oracle; an upper bound)",
     "early_stopping": "fixed hyperparameters, and the weights of the epoch chosen by early stopping "
                       "on a held-out source validation set",
+  "selected_checkpoint": "fixed hyperparameters; each run's numbers at its evaluation step with the "
+                         "best value of the selection metric named below (config.select; on a "
+                         "target test set that is a target oracle, an upper bound)",
 }
 
 
@@ -39,11 +42,28 @@ class TableSpec:
   extra_metrics: dict = dataclasses.field(default_factory=dict)  # label -> "<eval>/<number>"
   notes: str = ""
   mean_column: bool = False         # add a "mean" column per row: the mean over the columns
+  checkpoint: str = "last"          # "last": results.json's "eval"; "selected": its "selected"
+                                    #   (the step config.select chose; protocol selected_checkpoint)
 
 
-def _value(results: dict, metric: str) -> float:
+def _value(results: dict, metric: str, checkpoint: str = "last") -> float:
   eval_set, number = metric.split("/")
-  return float(results["eval"][eval_set][number])
+  if checkpoint == "last":
+    return float(results["eval"][eval_set][number])
+  if checkpoint != "selected":
+    raise ValueError(f"checkpoint={checkpoint!r}: expected 'last' or 'selected'")
+  selected = results.get("selected") or {}
+  if not selected.get("eval"):
+    raise ValueError("a finished cell has no selected evaluation: run the cells with "
+                     "select.metric set (e.g. --set=select.metric=source_val/accuracy "
+                     "--set=eval_every=500) in a workdir of their own")
+  return float(selected["eval"][eval_set][number])
+
+
+def _selected_by(results: list) -> str:
+  """"<metric> (<mode>)" of the cells' selections, for the caption."""
+  found = sorted({f"{r['selected']['metric']} ({r['selected']['mode']})" for r in results})
+  return ", ".join(found)
 
 
 def collect(root, cells, spec: TableSpec) -> list:
@@ -53,10 +73,16 @@ def collect(root, cells, spec: TableSpec) -> list:
     path = experiments.cell_dir(root, cell) / "results.json"
     if experiments.is_finished(root, cell):
       finished.setdefault((cell.row, cell.column), []).append(json.loads(path.read_text()))
-  runs = {key: [{"value": _value(r, spec.metric), "wall_time_s": r["wall_time_s"],
-                 **{label: _value(r, m) for label, m in spec.extra_metrics.items()}} for r in rs]
+  runs = {key: [{"value": _value(r, spec.metric, spec.checkpoint), "wall_time_s": r["wall_time_s"],
+                 **{label: _value(r, m, spec.checkpoint) for label, m in spec.extra_metrics.items()}}
+                for r in rs]
           for key, rs in finished.items()}
-  return records_from_runs(spec, runs)
+  records = records_from_runs(spec, runs)
+  if spec.checkpoint == "selected":
+    by = _selected_by([r for rs in finished.values() for r in rs])
+    for record in records:
+      record["selected_by"] = by
+  return records
 
 
 def records_from_runs(spec: TableSpec, runs: dict) -> list:
@@ -110,6 +136,9 @@ def caption(spec: TableSpec, records, seeds_asked: int) -> str:
     text += f" Published: {spec.published_source}; Δ = ours − published."
   if spec.mean_column:
     text += " The mean rows average the per-column means; their ± is the std over columns."
+  if spec.checkpoint == "selected":
+    by = sorted({r.get("selected_by", "") for r in records} - {""})
+    text += f" Selection metric: {'; '.join(by) or 'none found'}."
   if spec.notes:
     text += " " + spec.notes
   return text

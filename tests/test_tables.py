@@ -52,6 +52,30 @@ def test_collect_gives_mean_std_n_and_difference(tmp_path):
   assert b["n"] == 0 and b["published"] is None and b["diff"] is None
 
 
+def test_selected_checkpoint_tables_read_each_runs_chosen_step(tmp_path):
+  last, chosen = [0.61, 0.64, 0.58], [0.66, 0.65, 0.70]
+  cells = _fake_cells(tmp_path, last)
+  for cell, v in zip(cells, chosen):
+    path = experiments.cell_dir(tmp_path, cell) / "results.json"
+    res = json.loads(path.read_text())
+    res["selected"] = {"metric": "source_val/accuracy", "mode": "max", "step": 40, "value": 0.9,
+                       "eval": {"target_test": {"accuracy": v}, "source_test": {"accuracy": 0.5}}}
+    path.write_text(json.dumps(res))
+  spec = tables.TableSpec(**{**vars(SPEC), "checkpoint": "selected",
+                             "protocol": "selected_checkpoint"})
+  a = next(r for r in tables.collect(tmp_path, cells, spec) if r["row"] == "a")
+  np.testing.assert_allclose([a["mean"], a["src"]], [np.mean(chosen), 0.5])
+  last_a = next(r for r in tables.collect(tmp_path, cells, SPEC) if r["row"] == "a")
+  np.testing.assert_allclose(last_a["mean"], np.mean(last))
+  md = tables.to_markdown(spec, tables.collect(tmp_path, cells, spec), 3)
+  assert "Selection metric: source_val/accuracy (max)." in md
+  # A cell run without config.select cannot be reported at a selected step.
+  path = experiments.cell_dir(tmp_path, cells[0]) / "results.json"
+  path.write_text(json.dumps({**json.loads(path.read_text()), "selected": None}))
+  with pytest.raises(ValueError, match="no selected evaluation.*select.metric"):
+    tables.collect(tmp_path, cells, spec)
+
+
 def test_mean_column_averages_the_columns_that_ran(tmp_path):
   spec = tables.TableSpec(**{**vars(SPEC), "columns": ["X→Y", "Y→X"], "mean_column": True,
                              "published": {("a", "X→Y"): 0.5, ("a", "Y→X"): 0.7}})

@@ -17,7 +17,7 @@ from mmjax import config as config_lib
 from mmjax.data import episodes
 from mmjax.methods import maml
 from mmjax.methods.inputs import example_inputs
-from mmjax.train import checkpoint, optim, steps, trainer, writers
+from mmjax.train import checkpoint, optim, select, steps, trainer, writers
 
 # The "step" of meta-test tasks: one no run reaches, so that sinusoid test tasks (drawn from the
 # training distribution) are never training tasks.
@@ -91,6 +91,7 @@ def train_and_evaluate(config, workdir) -> dict:
     logging.info("%s already holds the finished run's results; nothing to do", workdir)
     return finished
   check_config(config)
+  select.check(config, ["meta_test"])
   if jax.process_index() == 0:
     config_lib.write_json(config, workdir / "config.json")
 
@@ -111,6 +112,7 @@ def train_and_evaluate(config, workdir) -> dict:
     logging.info("resumed from %s at step %d", ckpt.directory / str(restored[1]["step"]),
                  restored[1]["step"])
   start_step = int(jax.device_get(state.step))
+  selector = select.Selector(workdir, config, start_step)
 
   meta_batch = config.meta.meta_batch
   update_fn = make_meta_update(maml.make_meta_grad(config, model), tx)
@@ -144,6 +146,7 @@ def train_and_evaluate(config, workdir) -> dict:
   def test_scalars(step):
     result = meta_test(state.params, test_tasks)
     out.scalars(step, {f"meta_test/{k}": v for k, v in result.items()})
+    selector.update(step, {"meta_test": result}, lambda: {"state": state})
     return result
 
   values = {}
@@ -181,6 +184,7 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpt.close()
 
   results = trainer.write_results(config, workdir, {"meta_test": final}, values,
-                                  wall_before + time.time() - start_time)
+                                  wall_before + time.time() - start_time,
+                                  **trainer.selected_entry(selector))
   logging.info("meta-test: %s", final)
   return results

@@ -34,7 +34,7 @@ from mmjax.data import episodes
 from mmjax.data.pipeline import IndexStream
 from mmjax.methods import maml
 from mmjax.methods.inputs import example_inputs
-from mmjax.train import checkpoint, meta_trainer, optim, steps, trainer, writers
+from mmjax.train import checkpoint, meta_trainer, optim, select, steps, trainer, writers
 
 class SweepError(ValueError):
   """These runs cannot train as one sweep (the experiment runner then runs them one by one)."""
@@ -316,6 +316,8 @@ def train_runs(runs) -> list:
   """Trains `runs` as one sweep; returns each run's results (as trainer.train_and_evaluate's),
   None for a run that failed, or {"preempted": True, ...} after SIGTERM."""
   check_runs(runs)
+  for r in runs:
+    select.check(r.config, ["meta_test"] if r.config.trainer == "meta" else list(r.config.evals))
   results = [trainer.finished_results(pathlib.Path(r.workdir), r.config) for r in runs]
   todo = [i for i, res in enumerate(results) if res is None]
   if not todo:
@@ -398,6 +400,8 @@ class _Sweep:
     counts = [0] * len(members)
     values = [{} for _ in members]
     preemption = trainer.Preemption()
+    selectors = [select.Selector(self.runs[i].workdir, self.runs[i].config, start)
+                 for i in members]
     shared, constants = kind.shared(members)
     step = start
     try:
@@ -429,7 +433,9 @@ class _Sweep:
         if config.eval_every and step % config.eval_every == 0 and step != total:
           for j, i in enumerate(members):
             if alive[j]:
-              outs[j].scalars(step, _scalars(kind.evaluate(i, _row(tree, j))))
+              ev = kind.evaluate(i, _row(tree, j))
+              outs[j].scalars(step, _scalars(ev))
+              selectors[j].update(step, ev, lambda: _row(tree, j))
         stop = preemption.requested and step != total
         if step % config.checkpoint.every == 0 or step == total or stop:
           for j, i in enumerate(members):
@@ -446,7 +452,8 @@ class _Sweep:
           continue
         final = kind.evaluate(i, _row(tree, j))
         outs[j].scalars(total, _scalars(final))
-        results.append(self._results(i, final, values[j], len(members), j))
+        selectors[j].update(total, final, lambda: _row(tree, j))
+        results.append(self._results(i, final, values[j], len(members), j, selectors[j]))
       return results
     finally:
       preemption.restore()
@@ -467,12 +474,13 @@ class _Sweep:
     with (pathlib.Path(self.runs[i].workdir) / "sweep_errors.txt").open("a") as f:
       f.write(text + "\n")
 
-  def _results(self, i, final, values, size, index):
+  def _results(self, i, final, values, size, index, selector):
     run = self.runs[i]
     return trainer.write_results(
         run.config, pathlib.Path(run.workdir), final, values,
         self.walls[i] + time.time() - self.start_time,
-        sweep={"runs": size, "index": index, "axis": run.config.train.sweep_axis})
+        sweep={"runs": size, "index": index, "axis": run.config.train.sweep_axis},
+        **trainer.selected_entry(selector))
 
 
 def _scalars(evaluation: dict) -> dict:

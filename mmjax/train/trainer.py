@@ -20,7 +20,7 @@ from mmjax import config as config_lib
 from mmjax import data as data_lib
 from mmjax import methods
 from mmjax.methods.inputs import example_inputs
-from mmjax.train import checkpoint, optim, steps, transfer, writers
+from mmjax.train import checkpoint, optim, select, steps, transfer, writers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -134,6 +134,7 @@ def train_and_evaluate(config, workdir) -> dict:
   if finished is not None:
     logging.info("%s already holds the finished run's results; nothing to do", workdir)
     return finished
+  select.check(config, list(config.evals))
   if jax.process_index() == 0:
     config_lib.write_json(config, workdir / "config.json")
 
@@ -171,6 +172,7 @@ def train_and_evaluate(config, workdir) -> dict:
     positions, wall_before = meta["data_position"], meta["wall_time_s"]
     logging.info("resumed from %s at step %d", ckpt.directory / str(meta["step"]), meta["step"])
   start_step = int(jax.device_get(state.step))
+  selector = select.Selector(workdir, config, start_step)
 
   # Each stream has its own order: seed + 7919 * index keeps them apart and reproducible.
   iterators = {name: data_lib.TrainIterator(
@@ -240,6 +242,7 @@ def train_and_evaluate(config, workdir) -> dict:
         ev = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
                       model_state=current.model_state)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
+        selector.update(step, ev, lambda: {"state": mesh_state(), "rng": rng})
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
       if step % config.checkpoint.every == 0 or last or stop:
@@ -253,12 +256,14 @@ def train_and_evaluate(config, workdir) -> dict:
     final = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
                      model_state=current.model_state)
     out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
+    selector.update(config.train.steps, final, lambda: {"state": mesh_state(), "rng": rng})
   finally:
     preemption.restore()
     out.close()
     ckpt.close()
 
-  results = write_results(config, workdir, final, values, wall_before + time.time() - start_time)
+  results = write_results(config, workdir, final, values, wall_before + time.time() - start_time,
+                          **selected_entry(selector))
   logging.info("final evaluation: %s", final)
   return results
 
@@ -281,6 +286,14 @@ def write_results(config, workdir: pathlib.Path, evaluation: dict, train_values:
   if jax.process_index() == 0:
     writers.write_json_atomic(workdir / "results.json", results)
   return results
+
+
+def selected_entry(selector) -> dict:
+  """results.json's "selected" entry when config.select.metric is set (none otherwise)."""
+  result = selector.result()
+  if result is not None:
+    logging.info("selected step %s: %s = %s", result["step"], result["metric"], result["value"])
+  return {} if result is None else {"selected": result}
 
 
 def last_train_row(workdir: pathlib.Path) -> dict:

@@ -1,0 +1,136 @@
+"""Checkpoint selection: the evaluation (and the weights) of a run's best step on a chosen metric.
+
+With config.select.metric = "<eval set>/<number>" (e.g. "source_valid/accuracy"), every evaluation
+of the run (each config.eval_every steps, and the last step) is compared with the best so far; the
+best one's numbers go to results.json under "selected", beside the last step's under "eval", and,
+with config.select.keep_weights, its train state to workdir/best/checkpoints/<step> (an
+`init_from.workdir` of "<workdir>/best" starts another run from it). This is early stopping's
+choice of weights on a fixed budget of steps: the run still trains config.train.steps steps, so that
+schedules that depend on the run's progress (DANN's lambda and learning rate) are the same.
+
+The evaluations seen so far are kept in workdir/selection.json. A run resumed from a checkpoint at
+step s keeps those at steps <= s and drops the later ones (they are evaluated again as the run
+replays those steps), so a resumed run chooses as an uninterrupted one does.
+
+Selecting on a target test set (or on meta_test) is the target oracle of Transfer-Learning-Library's
+tables (best epoch on the test set); tables label it so (mmjax.tables, protocol "best_eval_oracle").
+"""
+import json
+import math
+import pathlib
+import shutil
+
+import jax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from mmjax import config as config_lib
+from mmjax.train import checkpoint, writers
+
+MODES = ("max", "min")
+
+
+def check(config, eval_names) -> None:
+  """Rejects a select.metric that names no eval set of the run, or a bad mode, before training."""
+  metric = config.select.metric
+  if not metric:
+    return
+  name, sep, number = metric.partition("/")
+  if not sep or not number or "/" in number:
+    raise config_lib.ConfigError(f"select.metric={metric!r}: expected '<eval set>/<number>', "
+                                 "e.g. 'source_valid/accuracy'")
+  if name not in eval_names:
+    raise config_lib.ConfigError(f"select.metric={metric!r}: no eval set {name!r}; this run "
+                                 f"evaluates {', '.join(sorted(eval_names)) or 'nothing'}")
+  if config.select.mode not in MODES:
+    raise config_lib.ConfigError(f"select.mode={config.select.mode!r}: expected max or min")
+  if not config.eval_every:
+    raise config_lib.ConfigError(f"select.metric={metric!r} needs eval_every > 0: with only the "
+                                 "last step's evaluation there is nothing to choose from")
+
+
+def _read(path: pathlib.Path):
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError:
+    logging.warning("%s is unreadable; the selection starts afresh from the restored step", path)
+    return {}
+
+
+class Selector:
+  """Follows one run's evaluations; `update` after each, `result` at the end (None when off)."""
+
+  def __init__(self, workdir, config, restored_step: int):
+    self.metric, self.mode = config.select.metric, config.select.mode
+    self.keep_weights = bool(config.select.keep_weights)
+    self.workdir = pathlib.Path(workdir)
+    self.path = self.workdir / "selection.json"
+    self.history = []
+    if not self.metric:
+      return
+    saved = _read(self.path)
+    if saved and (saved.get("metric"), saved.get("mode")) == (self.metric, self.mode):
+      self.history = [h for h in saved.get("history", []) if h["step"] <= restored_step]
+      dropped = [h["step"] for h in saved.get("history", []) if h["step"] > restored_step]
+      if dropped:
+        logging.info("selection: the evaluations of steps %s came after the restored step %d; "
+                     "they are redone as the run replays those steps", dropped, restored_step)
+      best = self.best
+      if best is None or best["step"] != (saved.get("best") or {}).get("step"):
+        self._drop_weights()  # the kept weights are of a step the replay will choose again
+    elif saved is not None:
+      logging.warning("%s follows %s (%s), not %s (%s); starting the selection afresh", self.path,
+                      saved.get("metric"), saved.get("mode"), self.metric, self.mode)
+      self._drop_weights()
+
+  @property
+  def best(self):
+    """The history's best entry; ties go to the earliest (a later step must be strictly better)."""
+    best = None
+    for h in self.history:
+      if math.isfinite(h["value"]) and (best is None or (
+          h["value"] > best["value"] if self.mode == "max" else h["value"] < best["value"])):
+        best = h
+    return best
+
+  def _drop_weights(self):
+    if jax.process_index() == 0 and (self.workdir / "best").exists():
+      shutil.rmtree(self.workdir / "best")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("mmjax_selection_drop")
+
+  def update(self, step: int, evaluation: dict, save_tree=None) -> bool:
+    """Records `evaluation` (as trainer.evaluate returns it) of `step`; True when it is the new
+    best. save_tree(): the tree to keep as the best weights (all processes call it together)."""
+    if not self.metric:
+      return False
+    name, number = self.metric.split("/")
+    if number not in evaluation.get(name, {}):
+      raise KeyError(f"select.metric={self.metric!r}: the evaluation of {name!r} has "
+                     f"{sorted(evaluation.get(name, {}))}")
+    entry = {"step": step, "value": float(evaluation[name][number]), "eval": evaluation}
+    self.history = [h for h in self.history if h["step"] < step] + [entry]
+    improved = self.best is entry
+    if improved and self.keep_weights and save_tree is not None:
+      ckpt = checkpoint.Checkpointer(self.workdir / "best", keep=1)
+      try:
+        ckpt.save(step, save_tree(), {"step": step, "metric": self.metric, "value": entry["value"]})
+      finally:
+        ckpt.close()
+    if jax.process_index() == 0:
+      writers.write_json_atomic(self.path, {"metric": self.metric, "mode": self.mode,
+                                            "best": self.best, "history": self.history})
+    return improved
+
+  def result(self):
+    """results.json's "selected": the chosen step, its value and its whole evaluation, and where
+    its weights are (None when not kept, or lost to a resume whose replay chose otherwise)."""
+    if not self.metric:
+      return None
+    best = self.best or {"step": None, "value": None, "eval": None}
+    weights = self.workdir / "best" / "checkpoints" / str(best["step"])
+    return {"metric": self.metric, "mode": self.mode, "evaluations": len(self.history), **best,
+            "weights": str(self.workdir / "best") if self.keep_weights and weights.exists()
+            else None}
