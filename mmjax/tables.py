@@ -61,9 +61,14 @@ def _value(results: dict, metric: str, checkpoint: str = "last") -> float:
 
 
 def _selected_by(results: list) -> str:
-  """"<metric> (<mode>)" of the cells' selections, for the caption."""
-  found = sorted({f"{r['selected']['metric']} ({r['selected']['mode']})" for r in results})
-  return ", ".join(found)
+  """"<metric> (<mode>)" of the cells' selections, for the caption; a metric on a target set or
+  on meta_test is marked as the target-label oracle it is."""
+  def text(selected):
+    eval_set = selected["metric"].split("/")[0]
+    oracle = eval_set.startswith("target") or eval_set == "meta_test"
+    return (f"{selected['metric']} ({selected['mode']})"
+            + (", a target-label oracle (an upper bound)" if oracle else ""))
+  return "; ".join(sorted({text(r["selected"]) for r in results}))
 
 
 def collect(root, cells, spec: TableSpec) -> list:

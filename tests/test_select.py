@@ -2,12 +2,15 @@
 import json
 import shutil
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO
 from mmjax import config as config_lib
+from mmjax import methods
 from mmjax.train import checkpoint, select, steps, sweep, trainer
 
 METRIC = "source_val/accuracy"
@@ -26,9 +29,28 @@ def _logged(workdir, metric=METRIC):
   return {r["step"]: r[metric] for r in rows if metric in r}
 
 
-def _selector_config(metric="a/accuracy", mode="max", keep_weights=False):
+def _selector_config(metric="a/accuracy", mode="max", keep_weights=False, steps=25):
   return ml_collections.ConfigDict({"select": {"metric": metric, "mode": mode,
-                                               "keep_weights": keep_weights}})
+                                               "keep_weights": keep_weights},
+                                    "eval_every": 5, "train": {"steps": steps}})
+
+
+def _tree(step):
+  return {"w": jnp.full((3,), float(step))}
+
+
+def _kept(workdir):
+  """(step, w[0]) of the one checkpoint in workdir/best, or None when there is none."""
+  directory = workdir / "best" / "checkpoints"
+  if not directory.is_dir():
+    return None
+  manager = ocp.CheckpointManager(directory.absolute(),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  found = manager.all_steps()
+  assert len(found) == 1, found
+  tree = manager.restore(found[0], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return found[0], float(np.asarray(tree["state"]["w"])[0])
 
 
 def test_selector_keeps_the_first_best_and_skips_nan(tmp_path):
@@ -43,6 +65,12 @@ def test_selector_keeps_the_first_best_and_skips_nan(tmp_path):
   for s, v in values.items():
     low.update(s, {"a": {"accuracy": v, "loss": 1 - v}})
   assert low.result()["step"] == 10
+  # A NaN never wins, not even as the first evaluation.
+  first_nan = select.Selector(tmp_path / "nan", _selector_config(), restored_step=0)
+  (tmp_path / "nan").mkdir()
+  for s, v in {5: float("nan"), 10: 0.5, 15: 0.4}.items():
+    first_nan.update(s, {"a": {"accuracy": v}})
+  assert first_nan.result()["step"] == 10
   with pytest.raises(KeyError, match="has \\['accuracy', 'loss'\\]"):
     select.Selector(tmp_path, _selector_config("a/top5"), 0).update(5, {"a": {
         "accuracy": 1.0, "loss": 0.0}})
@@ -63,6 +91,49 @@ def test_selector_resumed_forgets_evaluations_after_the_restored_step(tmp_path):
   assert select.Selector(tmp_path, _selector_config(), restored_step=15).history == []
 
 
+def test_selector_history_keeps_only_the_current_evaluation_grid(tmp_path):
+  """A finished run of 23 steps given 40: its last step's evaluation (23, off the grid of 5s) is
+  not one the longer run makes, so it can no longer be chosen."""
+  sel = select.Selector(tmp_path, _selector_config(steps=23), restored_step=0)
+  for s, v in {5: 0.6, 10: 0.7, 15: 0.6, 20: 0.65, 23: 0.9}.items():
+    sel.update(s, {"a": {"accuracy": v}})
+  assert sel.result()["step"] == 23
+  longer = select.Selector(tmp_path, _selector_config(steps=40), restored_step=23)
+  assert [h["step"] for h in longer.history] == [5, 10, 15, 20] and longer.best["step"] == 10
+
+
+def test_kept_weights_follow_the_best_through_stops(tmp_path):
+  config = _selector_config(keep_weights=True)
+  sel = select.Selector(tmp_path, config, restored_step=0)
+  for s, v in {5: 0.6, 10: 0.8, 15: 0.7}.items():
+    sel.update(s, {"a": {"accuracy": v}}, lambda s=s: _tree(s))
+  assert _kept(tmp_path) == (10, 10.0) and sel.result()["weights"] == str(tmp_path / "best")
+  # Stopped during the last step's evaluation after its weights were saved (results.json not
+  # written): the resumed run evaluates step 25 again and saves the same step again.
+  sel.update(25, {"a": {"accuracy": 0.9}}, lambda: _tree(25))
+  again = select.Selector(tmp_path, config, restored_step=25)
+  assert again.update(25, {"a": {"accuracy": 0.9}}, lambda: _tree(25))
+  assert _kept(tmp_path) == (25, 25.0)
+  # Stopped between the weights' save and selection.json's write: the file names step 10, the
+  # folder holds 20. The folder is emptied, and the replay saves step 20 again.
+  sel = select.Selector(tmp_path / "b", config, restored_step=0)
+  (tmp_path / "b").mkdir()
+  for s, v in {5: 0.6, 10: 0.8}.items():
+    sel.update(s, {"a": {"accuracy": v}}, lambda s=s: _tree(s))
+  saved = (tmp_path / "b" / "selection.json").read_text()
+  sel.update(15, {"a": {"accuracy": 0.7}}, lambda: _tree(15))
+  sel.update(20, {"a": {"accuracy": 0.95}}, lambda: _tree(20))
+  (tmp_path / "b" / "selection.json").write_text(saved)
+  resumed = select.Selector(tmp_path / "b", config, restored_step=10)
+  assert _kept(tmp_path / "b") is None and resumed.result()["weights"] is None
+  resumed.update(15, {"a": {"accuracy": 0.7}}, lambda: _tree(15))
+  resumed.update(20, {"a": {"accuracy": 0.95}}, lambda: _tree(20))
+  assert _kept(tmp_path / "b") == (20, 20.0)
+  # A best whose weights are gone is reported without them.
+  shutil.rmtree(tmp_path / "b" / "best")
+  assert resumed.result()["step"] == 20 and resumed.result()["weights"] is None
+
+
 def test_bad_select_configs_are_refused_before_training(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="no eval set 'target_val'.*source_test, "
                      "source_val, target_test"):
@@ -71,8 +142,10 @@ def test_bad_select_configs_are_refused_before_training(tmp_path):
     select.check(_config(**{"select.metric": "accuracy"}), ["source_val"])
   with pytest.raises(config_lib.ConfigError, match="select.mode='best'"):
     select.check(_config(**{"select.mode": "best"}), ["source_val"])
-  with pytest.raises(config_lib.ConfigError, match="needs eval_every > 0"):
+  with pytest.raises(config_lib.ConfigError, match="needs 0 < eval_every < train.steps"):
     select.check(_config(**{"eval_every": "0"}), ["source_val"])
+  with pytest.raises(config_lib.ConfigError, match="needs 0 < eval_every < train.steps"):
+    select.check(_config(**{"eval_every": "30"}), ["source_val"])
   with pytest.raises(config_lib.ConfigError, match="unknown config key 'select.metrc'"):
     _config(**{"select.metrc": METRIC})
   assert not (tmp_path / "checkpoints").exists()
@@ -95,10 +168,13 @@ def test_selected_is_the_logged_best_and_its_weights_give_its_numbers(selected_r
   assert res["eval"]["source_val"]["accuracy"] == logged[30]  # "eval" stays the last step's
   # The kept weights, evaluated again, give the chosen step's numbers.
   assert chosen["weights"] == str(workdir / "best")
+  _assert_weights_give(_config(), workdir, chosen)
+
+
+def _assert_weights_give(config, workdir, chosen):
+  """workdir/best's weights, evaluated again, give the chosen step's accuracies."""
   params, model_state, step = checkpoint.read_variables(str(workdir / "best"))
-  assert step == best
-  config = _config()
-  from mmjax import methods
+  assert step == chosen["step"]
   method = methods.get_method(config.method)
   again = trainer.evaluate(method, config, method.build_model(config), params,
                            trainer.load_eval_sets(config), steps.Partitioner("jit"), 1024,
@@ -133,4 +209,4 @@ def test_sweep_selects_as_each_run_alone(selected_run, tmp_path):
     logged = _logged(tmp_path / f"swept{i}")
     best = max(logged, key=lambda s: (logged[s], -s))
     assert res["selected"]["step"] == best
-    assert checkpoint.read_variables(str(tmp_path / f"swept{i}" / "best"))[2] == best
+    _assert_weights_give(configs[i], tmp_path / f"swept{i}", res["selected"])

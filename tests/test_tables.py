@@ -69,6 +69,15 @@ def test_selected_checkpoint_tables_read_each_runs_chosen_step(tmp_path):
   np.testing.assert_allclose(last_a["mean"], np.mean(last))
   md = tables.to_markdown(spec, tables.collect(tmp_path, cells, spec), 3)
   assert "Selection metric: source_val/accuracy (max)." in md
+  assert "oracle (an upper bound)." not in md
+  for cell in cells:  # selected on the target test set: the caption calls it an oracle
+    path = experiments.cell_dir(tmp_path, cell) / "results.json"
+    res = json.loads(path.read_text())
+    res["selected"]["metric"] = "target_test/accuracy"
+    path.write_text(json.dumps(res))
+  md = tables.to_markdown(spec, tables.collect(tmp_path, cells, spec), 3)
+  assert ("Selection metric: target_test/accuracy (max), a target-label oracle (an upper bound)."
+          in md)
   # A cell run without config.select cannot be reported at a selected step.
   path = experiments.cell_dir(tmp_path, cells[0]) / "results.json"
   path.write_text(json.dumps({**json.loads(path.read_text()), "selected": None}))

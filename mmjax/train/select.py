@@ -1,6 +1,6 @@
 """Checkpoint selection: the evaluation (and the weights) of a run's best step on a chosen metric.
 
-With config.select.metric = "<eval set>/<number>" (e.g. "source_valid/accuracy"), every evaluation
+With config.select.metric = "<eval set>/<number>" (e.g. "source_val/accuracy"), every evaluation
 of the run (each config.eval_every steps, and the last step) is compared with the best so far; the
 best one's numbers go to results.json under "selected", beside the last step's under "eval", and,
 with config.select.keep_weights, its train state to workdir/best/checkpoints/<step> (an
@@ -9,11 +9,15 @@ choice of weights on a fixed budget of steps: the run still trains config.train.
 schedules that depend on the run's progress (DANN's lambda and learning rate) are the same.
 
 The evaluations seen so far are kept in workdir/selection.json. A run resumed from a checkpoint at
-step s keeps those at steps <= s and drops the later ones (they are evaluated again as the run
-replays those steps), so a resumed run chooses as an uninterrupted one does.
+step s keeps those at steps <= s that lie on its evaluation grid (multiples of eval_every, and its
+last step) and drops the others: later ones are evaluated again as the run replays those steps, and
+an earlier run's last step (a finished run given more train.steps) or an old eval_every's steps are
+not evaluations the run would have made. So a resumed or extended run chooses among the evaluations
+an uninterrupted run with its final config makes.
 
 Selecting on a target test set (or on meta_test) is the target oracle of Transfer-Learning-Library's
-tables (best epoch on the test set); tables label it so (mmjax.tables, protocol "best_eval_oracle").
+tables (best epoch on the test set); tables name the selection metric and say so
+(mmjax.tables, protocol "selected_checkpoint").
 """
 import json
 import math
@@ -44,9 +48,10 @@ def check(config, eval_names) -> None:
                                  f"evaluates {', '.join(sorted(eval_names)) or 'nothing'}")
   if config.select.mode not in MODES:
     raise config_lib.ConfigError(f"select.mode={config.select.mode!r}: expected max or min")
-  if not config.eval_every:
-    raise config_lib.ConfigError(f"select.metric={metric!r} needs eval_every > 0: with only the "
-                                 "last step's evaluation there is nothing to choose from")
+  if not config.eval_every or config.eval_every >= config.train.steps:
+    raise config_lib.ConfigError(f"select.metric={metric!r} needs 0 < eval_every < train.steps: "
+                                 "with only the last step's evaluation there is nothing to choose "
+                                 "from")
 
 
 def _read(path: pathlib.Path):
@@ -57,6 +62,10 @@ def _read(path: pathlib.Path):
   except json.JSONDecodeError:
     logging.warning("%s is unreadable; the selection starts afresh from the restored step", path)
     return {}
+
+
+def _on_grid(step: int, config) -> bool:
+  return step % config.eval_every == 0 or step == config.train.steps
 
 
 class Selector:
@@ -72,17 +81,24 @@ class Selector:
       return
     saved = _read(self.path)
     if saved and (saved.get("metric"), saved.get("mode")) == (self.metric, self.mode):
-      self.history = [h for h in saved.get("history", []) if h["step"] <= restored_step]
-      dropped = [h["step"] for h in saved.get("history", []) if h["step"] > restored_step]
+      kept = [h for h in saved.get("history", [])
+              if h["step"] <= restored_step and _on_grid(h["step"], config)]
+      dropped = sorted({h["step"] for h in saved.get("history", [])} - {h["step"] for h in kept})
       if dropped:
-        logging.info("selection: the evaluations of steps %s came after the restored step %d; "
-                     "they are redone as the run replays those steps", dropped, restored_step)
-      best = self.best
-      if best is None or best["step"] != (saved.get("best") or {}).get("step"):
-        self._drop_weights()  # the kept weights are of a step the replay will choose again
+        logging.info("selection: dropping the evaluations of steps %s (after the restored step %d, "
+                     "or off the evaluation grid); the replay evaluates its own", dropped,
+                     restored_step)
+      self.history = kept
     elif saved is not None:
       logging.warning("%s follows %s (%s), not %s (%s); starting the selection afresh", self.path,
                       saved.get("metric"), saved.get("mode"), self.metric, self.mode)
+    # Kept weights must be the best entry's: anything else (a stop between the weights' save and
+    # selection.json's write, a dropped best) goes, and the replay saves the best again.
+    best = self.best
+    stale = self._weight_steps() != ({best["step"]} if best else set())
+    if jax.process_count() > 1:  # every process has looked before any deletes
+      multihost_utils.sync_global_devices("mmjax_selection_read")
+    if stale:
       self._drop_weights()
 
   @property
@@ -94,6 +110,11 @@ class Selector:
           h["value"] > best["value"] if self.mode == "max" else h["value"] < best["value"])):
         best = h
     return best
+
+  def _weight_steps(self) -> set:
+    directory = self.workdir / "best" / "checkpoints"
+    return {int(d.name) for d in directory.iterdir() if d.name.isdigit()} if directory.is_dir() \
+        else set()
 
   def _drop_weights(self):
     if jax.process_index() == 0 and (self.workdir / "best").exists():
@@ -114,6 +135,9 @@ class Selector:
     self.history = [h for h in self.history if h["step"] < step] + [entry]
     improved = self.best is entry
     if improved and self.keep_weights and save_tree is not None:
+      # One step in best/ at a time, saved into an empty folder: orbax refuses a step that exists
+      # (a final evaluation redone after a stop), and keeps its newest save, not its highest step.
+      self._drop_weights()
       ckpt = checkpoint.Checkpointer(self.workdir / "best", keep=1)
       try:
         ckpt.save(step, save_tree(), {"step": step, "metric": self.metric, "value": entry["value"]})
@@ -130,7 +154,6 @@ class Selector:
     if not self.metric:
       return None
     best = self.best or {"step": None, "value": None, "eval": None}
-    weights = self.workdir / "best" / "checkpoints" / str(best["step"])
     return {"metric": self.metric, "mode": self.mode, "evaluations": len(self.history), **best,
-            "weights": str(self.workdir / "best") if self.keep_weights and weights.exists()
-            else None}
+            "weights": str(self.workdir / "best") if self.keep_weights and best["step"] is not None
+            and best["step"] in self._weight_steps() else None}

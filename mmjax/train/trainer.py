@@ -242,7 +242,7 @@ def train_and_evaluate(config, workdir) -> dict:
         ev = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
                       model_state=current.model_state)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
-        selector.update(step, ev, lambda: {"state": mesh_state(), "rng": rng})
+        selector.update(step, ev, lambda: {"state": current, "rng": rng})
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
       if step % config.checkpoint.every == 0 or last or stop:
@@ -256,7 +256,7 @@ def train_and_evaluate(config, workdir) -> dict:
     final = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
                      model_state=current.model_state)
     out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
-    selector.update(config.train.steps, final, lambda: {"state": mesh_state(), "rng": rng})
+    selector.update(config.train.steps, final, lambda: {"state": current, "rng": rng})
   finally:
     preemption.restore()
     out.close()
