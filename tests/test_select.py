@@ -210,3 +210,24 @@ def test_sweep_selects_as_each_run_alone(selected_run, tmp_path):
     best = max(logged, key=lambda s: (logged[s], -s))
     assert res["selected"]["step"] == best
     _assert_weights_give(configs[i], tmp_path / f"swept{i}", res["selected"])
+
+
+def test_meta_trainer_selects_on_meta_test_and_keeps_those_weights(tmp_path):
+  from mmjax.data import episodes
+  from mmjax.methods import maml
+  from mmjax.train import meta_trainer
+  config = config_lib.load_with_overrides(str(REPO / "configs/sinusoid.py:maml_cpu"), {
+      "train.steps": "6", "train.log_every": "2", "checkpoint.every": "6", "meta.meta_batch": "8",
+      "meta.test_tasks": "10", "meta.test_inner_steps": "2", "eval_every": "2",
+      "select.metric": "meta_test/loss", "select.mode": "min"})
+  res = meta_trainer.train_and_evaluate(config, tmp_path)
+  logged = _logged(tmp_path, "meta_test/loss")
+  assert sorted(logged) == [2, 4, 6]
+  best = min(logged, key=lambda s: (logged[s], s))
+  assert (res["selected"]["step"], res["selected"]["value"]) == (best, logged[best])
+  params, _, step = checkpoint.read_variables(str(tmp_path / "best"))
+  assert step == best
+  partitioner = steps.Partitioner("jit")
+  again = meta_trainer.make_meta_test(config, maml.build_model(config), partitioner)(
+      params, episodes.make_task_source(config, config.meta.test_split))
+  np.testing.assert_allclose(again["loss"], res["selected"]["value"], rtol=1e-5)
