@@ -88,8 +88,23 @@ def test_one_device_gives_the_same_loss_curve_as_four(reference, tmp_path):
                              rtol=2e-5)
 
 
+def _assert_selected_is_the_logged_best(workdir, metric="source_test/accuracy"):
+  """config.select's choice is the best logged evaluation, and best/ holds that step's weights."""
+  rows = [json.loads(r) for r in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  logged = {r["step"]: r[metric] for r in rows if metric in r}
+  best = max(logged, key=lambda s: (logged[s], -s))
+  chosen = results(workdir)["selected"]
+  assert (chosen["step"], chosen["value"]) == (best, logged[best])
+  assert checkpoint.read_variables(str(pathlib.Path(workdir) / "best"))[2] == best
+  return logged
+
+
+SELECT = {"eval_every": "10", "select.metric": "source_test/accuracy"}
+
+
 def test_pmap_gives_the_same_numbers_as_jit(reference, tmp_path):
-  train.train_and_evaluate(small_config(parallel="pmap"), tmp_path)
+  train.train_and_evaluate(small_config(parallel="pmap", **SELECT), tmp_path)
+  assert sorted(_assert_selected_is_the_logged_best(tmp_path)) == [10, 20, 30]
   pm, jt = curve(tmp_path), curve(reference)
   np.testing.assert_allclose([pm[s] for s in sorted(pm)], [jt[s] for s in sorted(jt)], rtol=2e-5)
   a, b = results(tmp_path)["eval"], results(reference)["eval"]
@@ -212,7 +227,7 @@ def _free_port():
 def test_two_processes_match_one_process(reference, tmp_path):
   """2 processes x 2 devices over 127.0.0.1 (gloo) == 1 process x 4 devices, then resume in 1."""
   port = _free_port()
-  procs = [launch(tmp_path, devices=2, wait=False,
+  procs = [launch(tmp_path, devices=2, wait=False, overrides=SELECT,
                   extra=[f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                          f"--process_id={i}"]) for i in range(2)]
   for p in procs:
@@ -222,9 +237,12 @@ def test_two_processes_match_one_process(reference, tmp_path):
   assert results(tmp_path)["processes"] == 2
   np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
                              rtol=2e-5)
+  # config.select across 2 processes: the choice and its weights (saved by both processes).
+  assert sorted(_assert_selected_is_the_logged_best(tmp_path)) == [10, 20, 30]
   # A checkpoint written by 2 processes restores in 1 process (with another device count).
-  out = launch(tmp_path, devices=1, overrides={"train.steps": "35"})
+  out = launch(tmp_path, devices=1, overrides={**SELECT, "train.steps": "35"})
   assert "resumed from" in out and results(tmp_path)["step"] == 35
+  assert sorted(_assert_selected_is_the_logged_best(tmp_path)) == [10, 20, 30, 35]
 
 
 def _launch_processes(workdir, count, overrides=None):

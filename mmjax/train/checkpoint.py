@@ -95,7 +95,12 @@ def read_variables(workdir: str, step: int = -1):
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   if not directory.is_dir():
     raise CheckpointError(f"init_from.workdir={workdir!r} has no checkpoints directory {directory}")
-  manager = _manager(directory, read_only=True)
+  # The state's handler named up front: without it orbax reads no metadata for "state", and the
+  # restore then falls back to the shardings stored in the checkpoint, which name the devices of the
+  # run that wrote it (a run of several processes: "Topology mismatch" in any other process).
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
   steps = manager.all_steps()
   if not steps:
     raise CheckpointError(f"no checkpoint in {directory}")
