@@ -22,7 +22,11 @@ def _manager(directory: pathlib.Path, keep: int = 0, read_only: bool = False):
       max_to_keep=keep or None, create=not read_only, read_only=read_only,
       # Synchronous saves: a SIGTERM or kill -9 right after save() never finds a half-written one.
       enable_async_checkpointing=False)
-  return ocp.CheckpointManager(directory.absolute(), options=options)
+  # A reader names the state's handler up front: without it orbax reads no metadata for "state",
+  # and a restore falls back to the shardings stored in the checkpoint, which name the devices of
+  # the run that wrote it (a run of several processes: "Topology mismatch" in any other process).
+  handlers = {"state": ocp.StandardCheckpointHandler()} if read_only else None
+  return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
 
 
 class Checkpointer:
@@ -95,12 +99,7 @@ def read_variables(workdir: str, step: int = -1):
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   if not directory.is_dir():
     raise CheckpointError(f"init_from.workdir={workdir!r} has no checkpoints directory {directory}")
-  # The state's handler named up front: without it orbax reads no metadata for "state", and the
-  # restore then falls back to the shardings stored in the checkpoint, which name the devices of the
-  # run that wrote it (a run of several processes: "Topology mismatch" in any other process).
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={"state": ocp.StandardCheckpointHandler()})
+  manager = _manager(directory, read_only=True)
   steps = manager.all_steps()
   if not steps:
     raise CheckpointError(f"no checkpoint in {directory}")
