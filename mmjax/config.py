@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 0                 # steps between evaluations; 0: only at the end
   c.eval_batch = 1000
   c.select = ml_collections.ConfigDict()  # checkpoint selection (mmjax/train/select.py)
-  c.select.metric = ""             # "<eval set>/<number>" (e.g. "source_valid/accuracy"): results.json
+  c.select.metric = ""             # "<eval set>/<number>" (e.g. "source_val/accuracy"): results.json
                                    #   gets "selected", the evaluation of the best step; "": off
   c.select.mode = "max"            # max | min (e.g. a loss); ties go to the earlier step
   c.select.keep_weights = True     # that step's train state in workdir/best/checkpoints

@@ -22,9 +22,9 @@ PROTOCOLS = {
     "oracle": "hyperparameters chosen on target test labels (target oracle; an upper bound)",
     "early_stopping": "fixed hyperparameters, and the weights of the epoch chosen by early stopping "
                       "on a held-out source validation set",
-  "selected_checkpoint": "fixed hyperparameters; each run's numbers at its evaluation step with the "
-                         "best value of the selection metric named below (config.select; on a "
-                         "target test set that is a target oracle, an upper bound)",
+    "selected_checkpoint": "fixed hyperparameters; each run's numbers at its evaluation step with "
+                           "the best value of the selection metric named below (config.select; on "
+                           "a target test set that is a target oracle, an upper bound)",
 }
 
 

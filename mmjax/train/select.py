@@ -34,15 +34,16 @@ from mmjax.train import checkpoint, writers
 MODES = ("max", "min")
 
 
-def check(config, eval_names) -> None:
+def check(config) -> None:
   """Rejects a select.metric that names no eval set of the run, or a bad mode, before training."""
   metric = config.select.metric
   if not metric:
     return
+  eval_names = ["meta_test"] if config.trainer == "meta" else list(config.evals)
   name, sep, number = metric.partition("/")
   if not sep or not number or "/" in number:
     raise config_lib.ConfigError(f"select.metric={metric!r}: expected '<eval set>/<number>', "
-                                 "e.g. 'source_valid/accuracy'")
+                                 "e.g. 'source_val/accuracy'")
   if name not in eval_names:
     raise config_lib.ConfigError(f"select.metric={metric!r}: no eval set {name!r}; this run "
                                  f"evaluates {', '.join(sorted(eval_names)) or 'nothing'}")
@@ -133,7 +134,8 @@ class Selector:
                      f"{sorted(evaluation.get(name, {}))}")
     entry = {"step": step, "value": float(evaluation[name][number]), "eval": evaluation}
     self.history = [h for h in self.history if h["step"] < step] + [entry]
-    improved = self.best is entry
+    best = self.best
+    improved = best is entry
     if improved and self.keep_weights and save_tree is not None:
       # One step in best/ at a time, saved into an empty folder: orbax refuses a step that exists
       # (a final evaluation redone after a stop), and keeps its newest save, not its highest step.
@@ -145,7 +147,7 @@ class Selector:
         ckpt.close()
     if jax.process_index() == 0:
       writers.write_json_atomic(self.path, {"metric": self.metric, "mode": self.mode,
-                                            "best": self.best, "history": self.history})
+                                            "best": best, "history": self.history})
     return improved
 
   def result(self):

@@ -317,7 +317,7 @@ def train_runs(runs) -> list:
   None for a run that failed, or {"preempted": True, ...} after SIGTERM."""
   check_runs(runs)
   for r in runs:
-    select.check(r.config, ["meta_test"] if r.config.trainer == "meta" else list(r.config.evals))
+    select.check(r.config)
   results = [trainer.finished_results(pathlib.Path(r.workdir), r.config) for r in runs]
   todo = [i for i, res in enumerate(results) if res is None]
   if not todo:

@@ -134,7 +134,7 @@ def train_and_evaluate(config, workdir) -> dict:
   if finished is not None:
     logging.info("%s already holds the finished run's results; nothing to do", workdir)
     return finished
-  select.check(config, list(config.evals))
+  select.check(config)
   if jax.process_index() == 0:
     config_lib.write_json(config, workdir / "config.json")
 
