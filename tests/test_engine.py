@@ -79,6 +79,32 @@ def test_run_writes_config_metrics_results_and_tensorboard(reference):
   assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [10, 20, 30]
 
 
+def test_evaluations_share_one_compiled_step_and_the_kept_batches_equal_streamed_ones(
+    tmp_path, monkeypatch):
+  """A run evaluating every 10 steps traces its eval step once (it used to compile one per
+  evaluation), and the eval batches kept on the devices give what batches cut afresh each time
+  give."""
+  from mmjax.methods import supervised
+  from mmjax.train import trainer
+  traces = []
+  make_eval = supervised.make_eval
+
+  def counting(config):
+    fn = make_eval(config)
+    return lambda *args: traces.append(1) or fn(*args)
+
+  monkeypatch.setattr(supervised, "make_eval", counting)
+  kept = train.train_and_evaluate(small_config(eval_every="10"), tmp_path / "kept")
+  assert len(traces) == 1
+  evals = lambda d: [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                     if "target_test/accuracy" in r]
+  assert [r["step"] for r in evals(tmp_path / "kept")] == [10, 20, 30]
+  monkeypatch.setattr(trainer, "EVAL_CACHE_BYTES", 0)  # every eval set streamed each time
+  streamed = train.train_and_evaluate(small_config(eval_every="10"), tmp_path / "streamed")
+  assert streamed["eval"] == kept["eval"]
+  assert evals(tmp_path / "streamed") == evals(tmp_path / "kept")
+
+
 def test_one_device_gives_the_same_loss_curve_as_four(reference, tmp_path):
   launch(tmp_path / "one", devices=1)
   one, four = curve(tmp_path / "one"), curve(reference)

@@ -52,6 +52,52 @@ def test_sweep_runs_equal_solo_runs(tmp_path, method, axis):
   assert swept[0]["eval"]["target_test"]["n"] != swept[1]["eval"]["target_test"]["n"]
 
 
+@pytest.mark.parametrize("axis", sweep.AXES)
+def test_runs_evaluated_together_equal_each_run_evaluated_alone(tmp_path, monkeypatch, axis):
+  """The sweep's evaluation maps one batch over the runs that read the same eval sets; each run's
+  numbers equal its own pass, whatever the grouping, the split into calls and the rows' order."""
+  cells = [("books_dvd", 0, "0.05"), ("kitchen_electronics", 1, "0.1"), ("books_dvd", 2, "0.2"),
+           ("books_dvd", 3, "0.01"), ("kitchen_electronics", 4, "0.3")]
+  runs = [sweep.Run(_amazon("dann", pair, seed, **{"adapt.lambda_max": lam,
+                                                   "train.sweep_axis": axis}), tmp_path / str(i))
+          for i, (pair, seed, lam) in enumerate(cells)]
+  hparams = config_lib.varying_floats([r.config for r in runs])
+  kind = sweep._Standard(runs, {k: jax.numpy.asarray(v, np.float32) for k, v in hparams.items()})
+  # DANN's evaluation reads no float hyperparameter; this one scales its loss by lambda_max, so a
+  # run evaluated with another run's hyperparameters fails below.
+  make_eval = kind.method.make_eval
+
+  def scaled(config):
+    fn = make_eval(config)
+    return lambda *args: {**(out := fn(*args)), "loss": out["loss"] * config.adapt.lambda_max}
+
+  monkeypatch.setattr(kind.method, "make_eval", scaled)
+  tree = kind.init(np.array([seed for _, seed, _ in cells], np.int32))
+  alone = [kind.evaluate(i, sweep._row(tree, i)) for i in range(len(runs))]
+  # 3 runs read books_dvd's eval sets: two calls of them (1 + 2 runs) with 2 batches' worth of
+  # rows; unrolled runs go one a call.
+  monkeypatch.setattr(sweep, "EVAL_RUNS_ROWS", 2 * kind.eval_batch)
+  calls = []
+  monkeypatch.setattr(kind, "_evaluate_together",
+                      lambda members, t, f=kind._evaluate_together: calls.append(len(members))
+                      or f(members, t))
+  order = [4, 0, 2, 1, 3]
+  together = kind.evaluate_runs(order, tree, order)
+  assert sorted(calls) == ([1] * 5 if axis == "unroll" else [1, 2, 2])
+  subset = [1, 2, 4]  # a group's rows in a tree of those runs only, as after a restore
+  together_subset = kind.evaluate_runs(subset, sweep._stack([sweep._row(tree, i) for i in subset]),
+                                       [0, 1, 2])
+  for i, got in [*zip(order, together), *zip(subset, together_subset)]:
+    assert got.keys() == alone[i].keys()
+    for name, metrics in alone[i].items():
+      assert got[name]["n"] == metrics["n"]
+      np.testing.assert_allclose([got[name]["accuracy"], got[name]["loss"]],
+                                 [metrics["accuracy"], metrics["loss"]], rtol=1e-5,
+                                 err_msg=f"run {i} {name}")
+  # Every run's numbers differ (seeds, pairs): a mix-up of runs or rows would fail above.
+  assert len({round(a["target_test"]["loss"], 6) for a in alone}) == len(runs)
+
+
 def test_maml_sweep_equals_solo_runs(tmp_path):
   """Second-order MAML on sinusoids: seeds and inner rates differ per run."""
   configs = [config_lib.load_with_overrides(str(REPO / "configs/sinusoid.py:maml_cpu"), {

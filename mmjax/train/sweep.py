@@ -80,6 +80,8 @@ def _abstract(tree):
 
 
 AXES = ("unroll", "vmap", "map")
+# Runs evaluated together hold at most this many eval rows at once (runs x eval_batch).
+EVAL_RUNS_ROWS = 8192
 
 
 def _map_runs(fn, axis: str):
@@ -115,6 +117,8 @@ class _Standard:
     self.eval_sets = [{n: self._load(ev.dataset, ev.split) for n, ev in r.config.evals.items()}
                       for r in runs]
     self._eval_steps = {}
+    self._eval_runs = None
+    self._eval_batches = trainer.EvalBatches(self.partitioner, self.eval_batch)
 
   def _load(self, dataset, split):
     if (dataset, split) not in self._loaded:
@@ -187,6 +191,7 @@ class _Standard:
             "global_batch": self.batch}
 
   def evaluate(self, i, tree):
+    """Run i's evaluation, alone (a method whose evaluation collects per-example outputs)."""
     cfg = self.runs[i].config
     key = tuple(float(v[i]) for v in self.hparams.values())
     model = self.method.build_model(cfg)
@@ -197,6 +202,68 @@ class _Standard:
     return trainer.evaluate(self.method, cfg, model, params, self.eval_sets[i], self.partitioner,
                             self.eval_batch, eval_step=self._eval_steps[key],
                             model_state=model_state)
+
+  def evaluate_runs(self, indices, tree, rows):
+    """Evaluations of runs `indices` whose states are rows `rows` of `tree`.
+
+    Runs that read the same eval sets are evaluated together: their params stacked, each batch
+    kept on the devices and the runs mapped over it as config.train.sweep_axis maps them in
+    training ("vmap", "map"; at most EVAL_RUNS_ROWS // eval_batch runs a call, at least one), or one
+    run a call ("unroll"). The Amazon table's 5 seeds a pair share every batch.
+    """
+    if getattr(self.method, "EVAL_COLLECTS", False):
+      return [self.evaluate(i, _row(tree, j)) for i, j in zip(indices, rows)]
+    groups = collections.defaultdict(list)
+    for i, j in zip(indices, rows):
+      evals = self.runs[i].config.evals
+      groups[tuple((n, evals[n].dataset, evals[n].split) for n in sorted(evals))].append((i, j))
+    # Unrolled runs (conv models on XLA:CPU) go one a call: a call of k runs would compile k copies
+    # of the model for each new k, and LeNet's evaluation gains nothing from sharing batches.
+    most = 1 if self.config.train.sweep_axis == "unroll" else max(
+        1, EVAL_RUNS_ROWS // self.eval_batch)
+    results = {}
+    for members in groups.values():
+      parts = -(-len(members) // most)
+      for k in range(parts):  # near-equal parts: few distinct shapes to compile
+        results.update(self._evaluate_together(members[k * len(members) // parts:
+                                                       (k + 1) * len(members) // parts], tree))
+    return [results[i] for i in indices]
+
+  def _evaluate_together(self, members, tree):
+    """{run index: evaluation} of runs `members` ((index, row) pairs) that share eval sets."""
+    if self._eval_runs is None:
+      config, method, p = self.config, self.method, self.partitioner
+
+      def runs(params, model_state, hp, batch):  # the batch shared, the runs mapped as in training
+        def one(params, model_state, hp):
+          cfg = with_hparams(config, hp)
+          return method.make_eval(cfg)(steps.with_state(method.build_model(cfg), model_state),
+                                       params, batch)
+        return _map_runs(one, config.train.sweep_axis)(params, model_state, hp)
+
+      self._eval_runs = jax.jit(runs,
+                                in_shardings=(p.replicated, p.replicated, p.replicated,
+                                              p.batch_sharding),
+                                out_shardings=p.replicated)
+    index = np.array([i for i, _ in members])
+    rows = np.array([j for _, j in members])
+    params, model_state, hp = jax.device_put(
+        (jax.tree.map(lambda v: v[rows], (tree["state"].params, tree["state"].model_state))
+         + (jax.tree.map(lambda v: v[index], self.hparams),)), self.partitioner.replicated)
+    window = steps.DispatchWindow()
+    evals = self.runs[members[0][0]].config.evals
+    sums = {}
+    for name, ev in evals.items():
+      total = None
+      for batch in self._eval_batches((ev.dataset, ev.split), self.eval_sets[members[0][0]][name]):
+        out = self._eval_runs(params, model_state, hp, batch)
+        total = out if total is None else jax.tree.map(jnp.add, total, out)
+        window.push(total)
+      sums[name] = total
+    sums = jax.device_get(sums)
+    return {i: {name: self.method.summarize_eval(jax.tree.map(lambda v, k=k: v[k], sums[name]))
+                for name in evals}
+            for k, (i, _) in enumerate(members)}
 
 
 def _steps(body, state, xs, single: bool):
@@ -295,6 +362,9 @@ class _Meta:
       self._tests[key] = meta_trainer.make_meta_test(cfg, maml.build_model(cfg), self.partitioner)
     params = jax.device_put(tree["state"].params, self.partitioner.replicated)
     return {"meta_test": self._tests[key](params, self.test_tasks)}
+
+  def evaluate_runs(self, indices, tree, rows):
+    return [self.evaluate(i, _row(tree, j)) for i, j in zip(indices, rows)]
 
 
 def check_runs(runs) -> None:
@@ -431,11 +501,10 @@ class _Sweep:
             outs[j].scalars(step, values[j])
             sums[j], counts[j] = collections.defaultdict(float), 0
         if config.eval_every and step % config.eval_every == 0 and step != total:
-          for j, i in enumerate(members):
-            if alive[j]:
-              ev = kind.evaluate(i, _row(tree, j))
-              outs[j].scalars(step, _scalars(ev))
-              selectors[j].update(step, ev, lambda: _row(tree, j))
+          live = [j for j in range(len(members)) if alive[j]]
+          for j, ev in zip(live, kind.evaluate_runs([members[j] for j in live], tree, live)):
+            outs[j].scalars(step, _scalars(ev))
+            selectors[j].update(step, ev, lambda: _row(tree, j))
         stop = preemption.requested and step != total
         if step % config.checkpoint.every == 0 or step == total or stop:
           for j, i in enumerate(members):
@@ -445,12 +514,14 @@ class _Sweep:
           logging.warning("preempted: saved step %d of %d runs; run the same command to resume",
                           step, sum(alive))
           return [{"preempted": True, "step": step}] * len(members)
+      live = [j for j in range(len(members)) if alive[j]]
+      finals = dict(zip(live, kind.evaluate_runs([members[j] for j in live], tree, live)))
       results = []
       for j, i in enumerate(members):
         if not alive[j]:
           results.append(None)
           continue
-        final = kind.evaluate(i, _row(tree, j))
+        final = finals[j]
         outs[j].scalars(total, _scalars(final))
         selectors[j].update(total, final, lambda: _row(tree, j))
         results.append(self._results(i, final, values[j], len(members), j, selectors[j]))

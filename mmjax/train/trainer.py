@@ -4,6 +4,7 @@
 workdir after any stop: it resumes from the newest good checkpoint, or returns a finished run's results.
 """
 import functools
+import itertools
 import json
 import pathlib
 import signal
@@ -85,24 +86,63 @@ def make_eval_step(method, config, model, partitioner):
                  out_shardings=partitioner.replicated)
 
 
+# Eval batches kept on the devices between evaluations, at most this many bytes in all (per
+# process); a set that would go past it is cut and sent again at each evaluation.
+EVAL_CACHE_BYTES = 1 << 30
+
+
+class EvalBatches:
+  """Each eval set's global batches (masked, padded, converted), built once and kept on the devices.
+
+  Cutting a split into batches and sending them costs ~22 ms of a 71 ms evaluation of the Amazon
+  network's three eval sets (8,451 rows of 5000 floats) on the 2-core CPU; a run that evaluates every
+  100 steps paid it 30 times. Sets are kept in the order they are first asked for while the kept
+  batches' bytes (as sent: padded, and uint8 images as float32) stay within EVAL_CACHE_BYTES; the
+  others are streamed each time.
+  """
+
+  def __init__(self, partitioner, batch_size: int):
+    self.partitioner, self.batch_size = partitioner, batch_size
+    self._kept, self.kept_bytes = {}, 0
+
+  def __call__(self, key, arrays):
+    if key in self._kept:
+      return self._kept[key]
+    local = data_lib.eval_batches(arrays, global_batch=self.batch_size,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+    first = next(local, None)
+    if first is None:  # an empty split: no batches
+      return []
+    count = -(-len(arrays["label"]) // self.batch_size)
+    size = count * sum(np.asarray(v).nbytes for v in first.values())
+    batches = (self.partitioner.global_batch(b) for b in itertools.chain([first], local))
+    if self.kept_bytes + size > EVAL_CACHE_BYTES:
+      return batches
+    self._kept[key] = list(batches)
+    self.kept_bytes += size
+    return self._kept[key]
+
+
 def evaluate(method, config, model, params, eval_sets, partitioner, batch_size, eval_step=None,
-             model_state=None):
+             model_state=None, batches=None):
   """Full passes over every eval set; returns {name: {accuracy, loss, n}}.
 
-  `eval_step` (from make_eval_step) lets many runs of one model share one compiled eval step.
-  `model_state` is the TrainState's (None: the model has none).
+  `eval_step` (from make_eval_step) lets many evaluations and runs of one model share one compiled
+  eval step (without it, each call compiles its own). `model_state` is the TrainState's (None: the
+  model has none). `batches` (an EvalBatches) keeps the eval sets' batches on the devices between
+  calls; they are keyed by eval set name.
   """
   model_state = model_state or {}
   eval_step = eval_step or make_eval_step(method, config, model, partitioner)
+  batches = batches or EvalBatches(partitioner, batch_size)
   results = {}
   window = steps.DispatchWindow()
   collect = getattr(method, "EVAL_COLLECTS", False)
   for name, arrays in eval_sets.items():
     sums, parts = None, []
-    for local in data_lib.eval_batches(arrays, global_batch=batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
-      out = eval_step(params, partitioner.global_batch(local), model_state)
+    for batch in batches(name, arrays):
+      out = eval_step(params, batch, model_state)
       if collect:  # per-example outputs of the global batch, replicated: keep the real rows
         out = jax.device_get(out)
         parts.append({k: v[out["mask"] > 0] for k, v in out.items() if k != "mask"})
@@ -172,6 +212,8 @@ def train_and_evaluate(config, workdir) -> dict:
     positions, wall_before = meta["data_position"], meta["wall_time_s"]
     logging.info("resumed from %s at step %d", ckpt.directory / str(meta["step"]), meta["step"])
   start_step = int(jax.device_get(state.step))
+  eval_step = make_eval_step(method, config, model, partitioner)  # compiled once for the run
+  eval_batches = EvalBatches(partitioner, eval_batch)
   selector = select.Selector(workdir, config, start_step)
 
   # Each stream has its own order: seed + 7919 * index keeps them apart and reproducible.
@@ -240,7 +282,8 @@ def train_and_evaluate(config, workdir) -> dict:
       if config.eval_every and step % config.eval_every == 0 and not last:
         current = mesh_state()
         ev = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
-                      model_state=current.model_state)
+                      model_state=current.model_state, eval_step=eval_step,
+                      batches=eval_batches)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
         selector.update(step, ev, lambda: {"state": current, "rng": rng})
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
@@ -254,7 +297,8 @@ def train_and_evaluate(config, workdir) -> dict:
         return {"preempted": True, "step": step}
     current = mesh_state()
     final = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
-                     model_state=current.model_state)
+                     model_state=current.model_state, eval_step=eval_step,
+                     batches=eval_batches)
     out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
     selector.update(config.train.steps, final, lambda: {"state": current, "rng": rng})
   finally:
