@@ -149,6 +149,14 @@ def test_bad_select_configs_are_refused_before_training(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="unknown config key 'select.metrc'"):
     _config(**{"select.metrc": METRIC})
   assert not (tmp_path / "checkpoints").exists()
+  # A number the eval set does not report: refused from the eval step's output, alone and in sweeps.
+  top5 = {"select.metric": "source_val/top5"}
+  with pytest.raises(config_lib.ConfigError, match="'source_val' reports accuracy, loss, n"):
+    trainer.train_and_evaluate(_config(**top5), tmp_path / "alone")
+  with pytest.raises(config_lib.ConfigError, match="'source_val' reports accuracy, loss, n"):
+    sweep.train_runs([sweep.Run(_config(seed=s, **top5), tmp_path / f"swept{s}") for s in (0, 1)])
+  for workdir in ("alone", "swept0", "swept1"):  # not one step trained or saved
+    assert not list((tmp_path / workdir).glob("checkpoints/*"))
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +177,18 @@ def test_selected_is_the_logged_best_and_its_weights_give_its_numbers(selected_r
   # The kept weights, evaluated again, give the chosen step's numbers.
   assert chosen["weights"] == str(workdir / "best")
   _assert_weights_give(_config(), workdir, chosen)
+
+
+def test_a_refused_metric_leaves_the_kept_weights(selected_run, tmp_path):
+  """A resumed run (resume_check=warn) given a metric its eval set does not report is refused before
+  its Selector, which would have cleared best/ as another metric's weights."""
+  workdir = tmp_path / "run"
+  shutil.copytree(selected_run[0], workdir)
+  (workdir / "results.json").unlink()  # unfinished, so the run would resume
+  with pytest.raises(config_lib.ConfigError, match="'source_val' reports"):
+    trainer.train_and_evaluate(_config(**{"select.metric": "source_val/top5",
+                                          "resume_check": "warn"}), workdir)
+  assert (workdir / "best" / "checkpoints" / str(selected_run[1]["selected"]["step"])).is_dir()
 
 
 def _assert_weights_give(config, workdir, chosen):

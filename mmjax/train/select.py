@@ -55,6 +55,19 @@ def check(config) -> None:
                                  "from")
 
 
+def check_reported(config, reported) -> None:
+  """Rejects a select.metric whose number its eval set does not report, before training.
+
+  `reported`: the numbers that eval set's evaluation gives (trainer.reported_numbers), or None when
+  they cannot be known before an evaluation (then the first evaluation's `update` checks)."""
+  if not config.select.metric or reported is None:
+    return
+  name, number = config.select.metric.split("/")
+  if number not in reported:
+    raise config_lib.ConfigError(f"select.metric={config.select.metric!r}: the evaluation of "
+                                 f"{name!r} reports {', '.join(sorted(reported))}")
+
+
 def _read(path: pathlib.Path):
   if not path.exists():
     return None

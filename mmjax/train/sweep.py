@@ -203,6 +203,19 @@ class _Standard:
                             self.eval_batch, eval_step=self._eval_steps[key],
                             model_state=model_state)
 
+  def check_selection(self, tree):
+    """select.check_reported for the sweep's runs (they share select.metric and eval set names)."""
+    cfg = self.runs[0].config
+    if not cfg.select.metric:
+      return
+    params, model_state = jax.device_put(_row((tree["state"].params, tree["state"].model_state),
+                                              0), self.partitioner.replicated)
+    step = trainer.make_eval_step(self.method, cfg, self.method.build_model(cfg), self.partitioner)
+    batches = lambda name, arrays: self._eval_batches(
+        (cfg.evals[name].dataset, cfg.evals[name].split), arrays)
+    select.check_reported(cfg, trainer.reported_numbers(
+        self.method, cfg, step, self.eval_sets[0], batches, params, model_state))
+
   def evaluate_runs(self, indices, tree, rows):
     """Evaluations of runs `indices` whose states are rows `rows` of `tree`.
 
@@ -363,6 +376,9 @@ class _Meta:
     params = jax.device_put(tree["state"].params, self.partitioner.replicated)
     return {"meta_test": self._tests[key](params, self.test_tasks)}
 
+  def check_selection(self, tree):
+    del tree  # meta_test's numbers are checked at the first evaluation
+
   def evaluate_runs(self, indices, tree, rows):
     return [self.evaluate(i, _row(tree, j)) for i, j in zip(indices, rows)]
 
@@ -436,6 +452,7 @@ class _Sweep:
 
   def train(self):
     tree = self.kind.init(np.array([r.config.seed for r in self.runs], np.int32))
+    self.kind.check_selection(tree)
     trees, starts, positions, walls = [], [], [], []
     for i, run in enumerate(self.runs):
       restored = checkpoint.Checkpointer(run.workdir, self.config.checkpoint.keep)

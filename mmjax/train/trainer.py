@@ -157,6 +157,25 @@ def evaluate(method, config, model, params, eval_sets, partitioner, batch_size, 
   return results
 
 
+def reported_numbers(method, config, eval_step, eval_sets, batches, params, model_state=None):
+  """The numbers config.select.metric's eval set reports, from the eval step's output shapes (no
+  evaluation runs); None when selection is off or the method's summary needs real outputs."""
+  if not config.select.metric:
+    return None
+  name = config.select.metric.partition("/")[0]
+  if name not in eval_sets:
+    return None
+  batch = next(iter(batches(name, eval_sets[name])))
+  shapes = jax.eval_shape(eval_step, params, batch, model_state or {})
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  if getattr(method, "EVAL_COLLECTS", False):
+    zeros = {k: v for k, v in zeros.items() if k != "mask"}
+  try:
+    return set(method.summarize_eval(zeros))
+  except Exception:  # pylint: disable=broad-except  # e.g. a summary of no examples
+    return None
+
+
 def _init_state(config, model, tx_fn, partitioner, example):
   """Params (and optimizer state) created directly with the replicated sharding, or loaded."""
   load = None
@@ -214,6 +233,9 @@ def train_and_evaluate(config, workdir) -> dict:
   start_step = int(jax.device_get(state.step))
   eval_step = make_eval_step(method, config, model, partitioner)  # compiled once for the run
   eval_batches = EvalBatches(partitioner, eval_batch)
+  # Before the Selector, which may clear best/ when the metric changed.
+  select.check_reported(config, reported_numbers(method, config, eval_step, eval_sets, eval_batches,
+                                                 state.params, state.model_state))
   selector = select.Selector(workdir, config, start_step)
 
   # Each stream has its own order: seed + 7919 * index keeps them apart and reproducible.
