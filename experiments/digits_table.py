@@ -64,8 +64,8 @@ TLL_SPEC = dataclasses.replace(
     notes="Transfer-Learning-Library's digits recipe (configs/digits.py tll_recipe): its LeNet "
           "(conv 20 and 50, fc 500, 256-wide bottleneck with batch norm, dropout 0.5), inputs in "
           "[-1, 1], SGD Nesterov momentum 0.9, weight decay 1e-3, lr 0.01 (1 + 0.001 i)^-0.75, "
-          "batch 128, 10,000 steps (TLL: 50,000, best epoch on the target test set; here the last "
-          "step), PyTorch's default initialisers for every layer (mmjax.models.inits). Adaptation "
+          "batch 128, 10,000 steps (TLL: 50,000, and it reports the best epoch on the target test "
+          "set), PyTorch's default initialisers for every layer (mmjax.models.inits). Adaptation "
           "rows: + 128 unlabelled target images a step, a 2×1024 domain classifier with batch "
           "norm, λ = 2 / (1 + exp(-i / 1000)) - 1 at step i (TLL's warm-start reversal).")
 

@@ -3,6 +3,7 @@
 A table script declares its TableSpec, its settings (row, column, config spec per cell, usually from
 a config's sweep()) and its --quick overrides, then calls `main(...)`.
 """
+import dataclasses
 import pathlib
 
 from absl import flags, logging
@@ -93,6 +94,20 @@ def write_outputs(spec: tables.TableSpec, root, cells, seeds_asked: int, conclus
   return paths
 
 
+def adjust_spec(spec: tables.TableSpec, *, quick_note=None, checkpoint="last", note="",
+                overrides=()) -> tables.TableSpec:
+  """The table as the flags make it: a quick check's notes, the selected checkpoint's name and
+  protocol, --note, and the --set overrides every cell ran with (the notes describe the recipe's
+  own config, so a table run with e.g. train.steps=50000 says so in its caption)."""
+  notes = f"QUICK CHECK: {quick_note}; not a reproduction." if quick_note else spec.notes
+  fields = {"notes": " ".join(filter(None, [
+      notes, note, f"Every cell ran with --set {', '.join(overrides)}." if overrides else ""]))}
+  if checkpoint == "selected":
+    fields.update(name=f"{spec.name}_selected", checkpoint="selected",
+                  protocol="selected_checkpoint")
+  return dataclasses.replace(spec, **fields)
+
+
 def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_note: str,
          conclusion=None) -> int:
   """Runs the unfinished cells, writes <name>.md/.tex/.csv and the figures; 1 if a cell failed."""
@@ -105,13 +120,8 @@ def main(spec: tables.TableSpec, settings: list, quick_overrides: tuple, quick_n
   root = pathlib.Path(FLAGS.workdir)
   to_run = [] if FLAGS.tables_only else only_cells(cells, FLAGS.only)
   status = experiments.Runner(root, FLAGS.parallel, sweep=FLAGS.sweep).run(to_run)
-  if FLAGS.quick:
-    spec = tables.TableSpec(**{**vars(spec), "notes": f"QUICK CHECK: {quick_note}; not a reproduction."})
-  if FLAGS.checkpoint == "selected":
-    spec = tables.TableSpec(**{**vars(spec), "name": f"{spec.name}_selected",
-                               "checkpoint": "selected", "protocol": "selected_checkpoint"})
-  if FLAGS.note:
-    spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {FLAGS.note}".strip()})
+  spec = adjust_spec(spec, quick_note=quick_note if FLAGS.quick else None,
+                     checkpoint=FLAGS.checkpoint, note=FLAGS.note, overrides=FLAGS.set)
   paths = write_outputs(spec, root, cells, len(seeds), conclusion)
   code = report_failures(status)
   logging.info("wrote %s", ", ".join(str(p) for p in paths.values()))
@@ -141,8 +151,7 @@ def selection_main(spec: tables.TableSpec, settings: list, grid: dict, rows: dic
     settings = [s for s in settings if s["column"] in columns]
     spec = tables.TableSpec(**{**vars(spec), "columns": columns, "notes":
                                f"{spec.notes} Tasks run: {len(columns)} of {len(spec.columns)}."})
-  if FLAGS.note:
-    spec = tables.TableSpec(**{**vars(spec), "notes": f"{spec.notes} {FLAGS.note}".strip()})
+  spec = adjust_spec(spec, note=FLAGS.note, overrides=FLAGS.set)
   seeds = range(1 if FLAGS.quick else FLAGS.seeds)
   root = pathlib.Path(FLAGS.workdir)
   overrides = (quick_overrides if FLAGS.quick else ()) + set_overrides(FLAGS.set)

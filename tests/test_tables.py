@@ -1,5 +1,6 @@
 """Tables: aggregation against numpy, the three formats, skipping finished cells, the quick digits table."""
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -50,6 +51,24 @@ def test_collect_gives_mean_std_n_and_difference(tmp_path):
   assert a["wall_time_s"] == 8.0
   b = next(r for r in recs if r["row"] == "b")
   assert b["n"] == 0 and b["published"] is None and b["diff"] is None
+
+
+def test_table_flags_adjust_the_spec_and_the_caption_names_every_override():
+  plain = table_script.adjust_spec(SPEC)
+  assert plain == SPEC
+  spec = table_script.adjust_spec(dataclasses.replace(SPEC, notes="The recipe."),
+                                  checkpoint="selected", note="On an H200.",
+                                  overrides=["train.steps=50000", "eval_every=2000"])
+  assert (spec.name, spec.checkpoint, spec.protocol) == (f"{SPEC.name}_selected", "selected",
+                                                         "selected_checkpoint")
+  assert spec.notes == ("The recipe. On an H200. Every cell ran with --set train.steps=50000, "
+                        "eval_every=2000.")
+  quick = table_script.adjust_spec(SPEC, quick_note="100 steps", overrides=["optim.lr=0.5"])
+  assert quick.notes == ("QUICK CHECK: 100 steps; not a reproduction. Every cell ran with --set "
+                         "optim.lr=0.5.")
+  assert quick.name == SPEC.name
+  # The overrides reach the written caption.
+  assert "Every cell ran with --set train.steps=50000" in tables.caption(spec, [{"n": 5}], 5)
 
 
 def test_selected_checkpoint_tables_read_each_runs_chosen_step(tmp_path):
