@@ -115,6 +115,9 @@ def summary(results) -> str:
   if results.get("preempted"):
     return f"preempted at step {results['step']}; run the same command to resume"
   lines = [f"finished {results['step']} steps in {results.get('wall_time_s', 0):.0f} s"]
+  if results.get("stopped_early"):
+    lines[0] += (f" (stopped early: select.patience={results['stopped_early']['patience']}, best "
+                 f"step {results['stopped_early']['best_step']})")
   for name, values in results.get("eval", {}).items():
     shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                       for k, v in values.items())

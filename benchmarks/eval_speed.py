@@ -49,9 +49,8 @@ def measure(name, spec, runs, repeats):
   method, cfg = kind.method, swept[0].config
   model = method.build_model(cfg)
   partitioner, batch = kind.partitioner, kind.eval_batch
-  params, model_state = jax.device_put(
-      (sweep._row(tree, 0)["state"].params, sweep._row(tree, 0)["state"].model_state),  # pylint: disable=protected-access
-      partitioner.replicated)
+  first = sweep._row(tree, 0)["state"]  # pylint: disable=protected-access
+  params, model_state = jax.device_put((first.params, first.model_state), partitioner.replicated)
   eval_sets = kind.eval_sets[0]
   step = trainer.make_eval_step(method, cfg, model, partitioner)
   kept = trainer.EvalBatches(partitioner, batch)

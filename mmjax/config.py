@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
                                    #   gets "selected", the evaluation of the best step; "": off
   c.select.mode = "max"            # max | min (e.g. a loss); ties go to the earlier step
   c.select.keep_weights = True     # that step's train state in workdir/best/checkpoints
+  c.select.patience = 0            # > 0: stop the run once this many evaluations in a row have not
+                                   #   beaten the best (early stopping; results.json "step" is the
+                                   #   stop step, "stopped_early" says so); 0: train every step
 
   c.adapt = ml_collections.ConfigDict()  # domain adaptation (method dann)
   c.adapt.gamma = 10.0             # reversal strength lambda_p =
@@ -415,6 +418,8 @@ def sweep_key(cfg: ml_collections.ConfigDict):
   evals and any float field; everything else (shapes, steps, code paths) must be equal.
   """
   if cfg.trainer not in ("standard", "meta") or cfg.parallel != "jit" or cfg.init_from.workdir:
+    return None
+  if cfg.select.get("patience", 0):  # runs that stop early train alone
     return None
   key = {path: "<float>" if isinstance(value, float) else value
          for path, value in flat_fields(cfg).items()

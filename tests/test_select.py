@@ -10,17 +10,22 @@ import pytest
 
 from conftest import REPO
 from mmjax import config as config_lib
+from mmjax import experiments
 from mmjax import methods
 from mmjax.train import checkpoint, select, steps, sweep, trainer
 
 METRIC = "source_val/accuracy"
 
 
+def _fields(seed=0, **overrides):
+  return {"seed": str(seed), "train.steps": "30", "train.log_every": "10",
+          "checkpoint.every": "10", "eval_batch": "1024", "eval_every": "5",
+          "select.metric": METRIC, **overrides}
+
+
 def _config(seed=0, pair="books_dvd", **overrides):
-  fields = {"seed": str(seed), "train.steps": "30", "train.log_every": "10",
-            "checkpoint.every": "10", "eval_batch": "1024", "eval_every": "5",
-            "select.metric": METRIC, **overrides}
-  return config_lib.load_with_overrides(str(REPO / f"configs/amazon.py:dann/{pair}/val"), fields)
+  return config_lib.load_with_overrides(str(REPO / f"configs/amazon.py:dann/{pair}/val"),
+                                        _fields(seed, **overrides))
 
 
 def _logged(workdir, metric=METRIC):
@@ -251,3 +256,85 @@ def test_meta_trainer_selects_on_meta_test_and_keeps_those_weights(tmp_path):
   again = meta_trainer.make_meta_test(config, maml.build_model(config), partitioner)(
       params, episodes.make_task_source(config, config.meta.test_split))
   np.testing.assert_allclose(again["loss"], res["selected"]["value"], rtol=1e-5)
+
+
+def _stop_step(values: dict, patience: int, mode: str, last: int):
+  """Early stopping's rule written out: the first evaluation before the last step after which
+  `patience` evaluations in a row have not strictly beaten the best; None if it never stops."""
+  best, since = None, 0
+  for step in sorted(s for s in values if s != last):
+    better = best is None or (values[step] > best if mode == "max" else values[step] < best)
+    best, since = (values[step], 0) if better else (best, since + 1)
+    if since >= patience:
+      return step
+  return None
+
+
+@pytest.mark.parametrize("metric,mode,patience", [(METRIC, "max", 1), ("source_val/loss", "min", 2)])
+def test_patience_stops_where_the_full_runs_evaluations_say(selected_run, tmp_path, metric, mode,
+                                                            patience):
+  """A run with select.patience stops at the step the rule gives on an identical run's logged
+  evaluations, reports that step's evaluation, and counts as finished when started again (also
+  after a stop before its results.json was written)."""
+  full = _logged(selected_run[0], metric)
+  expected = _stop_step(full, patience, mode, 30)
+  assert expected is not None and expected < 25  # the test run does stop early
+  fields = _fields(**{"select.metric": metric, "select.mode": mode,
+                      "select.patience": str(patience)})
+  cell = experiments.Cell(row="DANN", column="B→D", seed=0,
+                          config="configs/amazon.py:dann/books_dvd/val",
+                          overrides=tuple((k, v) for k, v in fields.items() if k != "seed"))
+  config, workdir = experiments.cell_config(cell), experiments.cell_dir(tmp_path, cell)
+  res = trainer.train_and_evaluate(config, workdir)
+  assert experiments.is_finished(tmp_path, cell)  # a table counts the stopped run as finished
+  assert res["step"] == expected
+  assert res["stopped_early"]["step"] == expected and res["stopped_early"]["patience"] == patience
+  logged = _logged(workdir, metric)
+  assert sorted(logged) == [s for s in sorted(full) if s <= expected]  # nothing after the stop
+  np.testing.assert_allclose([logged[s] for s in sorted(logged)],
+                             [full[s] for s in sorted(logged)], rtol=1e-6)
+  assert res["eval"]["source_val"] == pytest.approx(
+      {k: _logged(workdir, f"source_val/{k}")[expected] for k in ("accuracy", "loss", "n")})
+  pick = (max if mode == "max" else min)(logged, key=lambda s: (logged[s], -s if mode == "max"
+                                                                else s))
+  assert res["selected"]["step"] == pick and res["selected"]["step"] == res["stopped_early"][
+      "best_step"]
+  assert expected in checkpoint.Checkpointer(workdir, 3).manager.all_steps()
+  rows = (workdir / "metrics.jsonl").read_text()
+  assert trainer.train_and_evaluate(config, workdir) == res  # finished: nothing trains
+  (workdir / "results.json").unlink()  # as if killed after the stop's checkpoint
+  again = trainer.train_and_evaluate(config, workdir)
+  assert (again["step"], again["eval"], again["stopped_early"]) == (
+      res["step"], res["eval"], res["stopped_early"])
+  assert (workdir / "metrics.jsonl").read_text() == rows
+
+
+def test_patience_configs(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="select.patience=2 stops on select.metric"):
+    select.check(_config(**{"select.metric": "", "select.patience": "2"}))
+  with pytest.raises(config_lib.ConfigError, match="expected an int >= 0"):
+    select.check(_config(**{"select.patience": "-1"}))
+  # Runs that may stop early do not sweep: the runner trains them alone.
+  assert config_lib.sweep_key(_config(**{"select.patience": "1"})) is None
+  with pytest.raises(sweep.SweepError, match="no select.patience"):
+    sweep.train_runs([sweep.Run(_config(seed=s, **{"select.patience": "1"}), tmp_path / str(s))
+                      for s in (0, 1)])
+
+
+def test_meta_trainer_stops_with_patience(tmp_path):
+  """The meta trainer's loop stops as the trainer's. Its meta-test loss falls at every evaluation
+  here, so the test selects on its maximum, which stops the run at its second evaluation."""
+  from mmjax.train import meta_trainer
+  fields = {"train.steps": "12", "train.log_every": "2", "checkpoint.every": "12",
+            "meta.meta_batch": "8", "meta.test_tasks": "10", "meta.test_inner_steps": "2",
+            "eval_every": "2", "select.metric": "meta_test/loss", "select.mode": "max"}
+  load = lambda **o: config_lib.load_with_overrides(str(REPO / "configs/sinusoid.py:maml_cpu"),
+                                                    {**fields, **o})
+  meta_trainer.train_and_evaluate(load(), tmp_path / "full")
+  full = _logged(tmp_path / "full", "meta_test/loss")
+  expected = _stop_step(full, 1, "max", 12)
+  assert expected is not None and expected < 10
+  res = meta_trainer.train_and_evaluate(load(**{"select.patience": "1"}), tmp_path / "early")
+  assert (res["step"], res["stopped_early"]["step"]) == (expected, expected)
+  np.testing.assert_allclose(res["eval"]["meta_test"]["loss"], full[expected], rtol=1e-5)
+  assert max(_logged(tmp_path / "early", "meta_test/loss")) == expected

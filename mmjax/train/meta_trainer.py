@@ -151,8 +151,11 @@ def train_and_evaluate(config, workdir) -> dict:
 
   values = {}
   window = steps.DispatchWindow()
+  early, final = None, None  # the step where select.patience ran out, and its meta-test
+  if selector.exhausted():  # it ran out at the restored step (a stop before results.json)
+    early, final = start_step, selector.history[-1]["eval"]["meta_test"]
   try:
-    for step in range(start_step + 1, config.train.steps + 1):
+    for step in range(start_step + 1, config.train.steps + 1 if early is None else 0):
       # Tasks of step s are drawn from (seed, s - 1), the step counter before the update.
       local = _local_tasks(train_tasks, config.seed, step - 1, 0, meta_batch)
       state, metrics = update(state, partitioner.global_batch(local), rng)
@@ -167,17 +170,24 @@ def train_and_evaluate(config, workdir) -> dict:
         out.scalars(step, values)
         totals = new_totals()
       if config.eval_every and step % config.eval_every == 0 and not last:
-        test_scalars(step)
+        result = test_scalars(step)
+        if selector.exhausted():
+          early, final = step, result
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
-      if step % config.checkpoint.every == 0 or last or stop:
+      if step % config.checkpoint.every == 0 or last or stop or early is not None:
         check_finite(step)
         save(step)
+      if early is not None:
+        logging.info("select.patience: %d meta-tests without a new best; stopped at step %d",
+                     config.select.patience, step)
+        break
       if stop:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
         return {"preempted": True, "step": step}
-    final = test_scalars(config.train.steps)
+    if early is None:
+      final = test_scalars(config.train.steps)
   finally:
     preemption.restore()
     out.close()
@@ -185,6 +195,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
   results = trainer.write_results(config, workdir, {"meta_test": final}, values,
                                   wall_before + time.time() - start_time,
-                                  **trainer.selected_entry(selector))
+                                  **trainer.selected_entry(selector),
+                                  **trainer.early_entry(selector, early))
   logging.info("meta-test: %s", final)
   return results

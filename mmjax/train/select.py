@@ -6,7 +6,10 @@ best one's numbers go to results.json under "selected", beside the last step's u
 with config.select.keep_weights, its train state to workdir/best/checkpoints/<step> (an
 `init_from.workdir` of "<workdir>/best" starts another run from it). This is early stopping's
 choice of weights on a fixed budget of steps: the run still trains config.train.steps steps, so that
-schedules that depend on the run's progress (DANN's lambda and learning rate) are the same.
+schedules that depend on the run's progress (DANN's lambda and learning rate) are the same. With
+config.select.patience = p > 0 it is early stopping itself: the trainers stop the run once p
+evaluations in a row have not beaten the best (`Selector.exhausted`), and results.json reports the
+stop step ("step", "eval") and says so ("stopped_early"); such runs train alone, not in sweeps.
 
 The evaluations seen so far are kept in workdir/selection.json. A run resumed from a checkpoint at
 step s keeps those at steps <= s that lie on its evaluation grid (multiples of eval_every, and its
@@ -35,8 +38,15 @@ MODES = ("max", "min")
 
 
 def check(config) -> None:
-  """Rejects a select.metric that names no eval set of the run, or a bad mode, before training."""
+  """Rejects a select.metric that names no eval set of the run, a bad mode or a bad patience,
+  before training."""
   metric = config.select.metric
+  patience = config.select.get("patience", 0)
+  if not isinstance(patience, int) or patience < 0:
+    raise config_lib.ConfigError(f"select.patience={patience!r}: expected an int >= 0 (0: off)")
+  if patience and not metric:
+    raise config_lib.ConfigError(f"select.patience={patience} stops on select.metric, which is "
+                                 "not set")
   if not metric:
     return
   eval_names = ["meta_test"] if config.trainer == "meta" else list(config.evals)
@@ -88,6 +98,7 @@ class Selector:
   def __init__(self, workdir, config, restored_step: int):
     self.metric, self.mode = config.select.metric, config.select.mode
     self.keep_weights = bool(config.select.keep_weights)
+    self.patience = int(config.select.get("patience", 0))
     self.workdir = pathlib.Path(workdir)
     self.path = self.workdir / "selection.json"
     self.history = []
@@ -124,6 +135,21 @@ class Selector:
           h["value"] > best["value"] if self.mode == "max" else h["value"] < best["value"])):
         best = h
     return best
+
+  def exhausted(self) -> bool:
+    """With select.patience = p > 0: whether the last p evaluations all failed to beat the best
+    (early stopping's rule; with no finite value yet, p evaluations in all)."""
+    if not self.patience:
+      return False
+    best = self.best
+    since = len(self.history) - 1 - self.history.index(best) if best else len(self.history)
+    return since >= self.patience
+
+  def stop_entry(self) -> dict:
+    """results.json's "stopped_early": the evaluation that exhausted the patience."""
+    best = self.best
+    return {"step": self.history[-1]["step"], "patience": self.patience,
+            "best_step": best["step"] if best else None}
 
   def _weight_steps(self) -> set:
     directory = self.workdir / "best" / "checkpoints"

@@ -388,7 +388,7 @@ def check_runs(runs) -> None:
   keys = {config_lib.sweep_key(r.config) for r in runs}
   if None in keys:
     raise SweepError("a run's config cannot sweep (trainer standard or meta, parallel jit, no "
-                     "init_from)")
+                     "init_from, no select.patience)")
   if len(keys) > 1:
     raise SweepError("the runs' configs differ in fields other than seed, datasets, evals and "
                      "float hyperparameters")

@@ -65,7 +65,8 @@ def finished_results(workdir: pathlib.Path, config):
   except json.JSONDecodeError:
     logging.warning("%s is unreadable; the run's evaluation will be redone", path)
     return None
-  return results if results.get("step") == config.train.steps else None
+  done = results.get("step") == config.train.steps or "stopped_early" in results
+  return results if done else None
 
 
 def load_eval_sets(config):
@@ -283,8 +284,11 @@ def train_and_evaluate(config, workdir) -> dict:
     state = partitioner.to_pmap_state(state)
   values = {}
   window = steps.DispatchWindow()
+  early, final = None, None  # the step where select.patience ran out, and its evaluation
+  if selector.exhausted():  # it ran out at the restored step (a stop before results.json)
+    early, final = start_step, selector.history[-1]["eval"]
   try:
-    for step in range(start_step + 1, config.train.steps + 1):
+    for step in range(start_step + 1, config.train.steps + 1 if early is None else 0):
       local = {name: next(it) for name, it in iterators.items()}
       if config.parallel == "pmap":
         state, metrics = update(state, partitioner.pmap_batch(local), rng)
@@ -308,28 +312,36 @@ def train_and_evaluate(config, workdir) -> dict:
                       batches=eval_batches)
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
         selector.update(step, ev, lambda: {"state": current, "rng": rng})
+        if selector.exhausted():
+          early, final = step, ev
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
-      if step % config.checkpoint.every == 0 or last or stop:
+      if step % config.checkpoint.every == 0 or last or stop or early is not None:
         check_finite(step)
         save(step)
+      if early is not None:
+        logging.info("select.patience: %d evaluations without a new best; stopped at step %d",
+                     config.select.patience, step)
+        break
       if stop:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
         return {"preempted": True, "step": step}
-    current = mesh_state()
-    final = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
-                     model_state=current.model_state, eval_step=eval_step,
-                     batches=eval_batches)
-    out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items() for k, v in r.items()})
-    selector.update(config.train.steps, final, lambda: {"state": current, "rng": rng})
+    if early is None:
+      current = mesh_state()
+      final = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
+                       model_state=current.model_state, eval_step=eval_step,
+                       batches=eval_batches)
+      out.scalars(config.train.steps, {f"{n}/{k}": v for n, r in final.items()
+                                       for k, v in r.items()})
+      selector.update(config.train.steps, final, lambda: {"state": current, "rng": rng})
   finally:
     preemption.restore()
     out.close()
     ckpt.close()
 
   results = write_results(config, workdir, final, values, wall_before + time.time() - start_time,
-                          **selected_entry(selector))
+                          **selected_entry(selector), **early_entry(selector, early))
   logging.info("final evaluation: %s", final)
   return results
 
@@ -360,6 +372,11 @@ def selected_entry(selector) -> dict:
   if result is not None:
     logging.info("selected step %s: %s = %s", result["step"], result["metric"], result["value"])
   return {} if result is None else {"selected": result}
+
+
+def early_entry(selector, step) -> dict:
+  """results.json's "step" and "stopped_early" for a run that select.patience stopped at `step`."""
+  return {} if step is None else {"step": step, "stopped_early": selector.stop_entry()}
 
 
 def last_train_row(workdir: pathlib.Path) -> dict:
