@@ -83,6 +83,10 @@ def collect(root, cells, spec: TableSpec) -> list:
                 for r in rs]
           for key, rs in finished.items()}
   records = records_from_runs(spec, runs)
+  stopped = sum("stopped_early" in r for rs in finished.values() for r in rs)
+  if stopped:  # the caption says so: their last checkpoint is where select.patience stopped them
+    for record in records:
+      record["stopped_early"] = f"{stopped} of {sum(map(len, finished.values()))}"
   if spec.checkpoint == "selected":
     by = _selected_by([r for rs in finished.values() for r in rs])
     for record in records:
@@ -144,6 +148,10 @@ def caption(spec: TableSpec, records, seeds_asked: int) -> str:
   if spec.checkpoint == "selected":
     by = sorted({r.get("selected_by", "") for r in records} - {""})
     text += f" Selection metric: {'; '.join(by) or 'none found'}."
+  stopped = next((r["stopped_early"] for r in records if r.get("stopped_early")), None)
+  if stopped:
+    text += (f" {stopped} runs stopped early (config.select.patience): their last checkpoint is "
+             "the stop step.")
   if spec.notes:
     text += " " + spec.notes
   return text

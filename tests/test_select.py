@@ -302,11 +302,25 @@ def test_patience_stops_where_the_full_runs_evaluations_say(selected_run, tmp_pa
   assert expected in checkpoint.Checkpointer(workdir, 3).manager.all_steps()
   rows = (workdir / "metrics.jsonl").read_text()
   assert trainer.train_and_evaluate(config, workdir) == res  # finished: nothing trains
-  (workdir / "results.json").unlink()  # as if killed after the stop's checkpoint
-  again = trainer.train_and_evaluate(config, workdir)
-  assert (again["step"], again["eval"], again["stopped_early"]) == (
-      res["step"], res["eval"], res["stopped_early"])
+  # Killed after the stop's checkpoint, before results.json, and started again with another
+  # eval_every (a field a resumed run may change): the checkpoint says where the run stopped, and
+  # the stopped run keeps its evaluations and its choice.
+  (workdir / "results.json").unlink()
+  again = trainer.train_and_evaluate(_config(**{**dict(cell.overrides), "eval_every": "10"}),
+                                     workdir)
+  for key in ("step", "eval", "stopped_early", "selected"):
+    assert again[key] == res[key], key
   assert (workdir / "metrics.jsonl").read_text() == rows
+
+
+def test_a_full_run_with_patience_killed_before_its_results_is_not_called_stopped(tmp_path):
+  config = _config(**{"select.patience": "10"})  # 5 evaluations in the loop: it never stops
+  res = trainer.train_and_evaluate(config, tmp_path)
+  assert res["step"] == 30 and "stopped_early" not in res
+  (tmp_path / "results.json").unlink()
+  again = trainer.train_and_evaluate(config, tmp_path)
+  assert again["step"] == 30 and "stopped_early" not in again
+  assert (again["eval"], again["selected"]) == (res["eval"], res["selected"])
 
 
 def test_patience_configs(tmp_path):

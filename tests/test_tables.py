@@ -89,6 +89,12 @@ def test_selected_checkpoint_tables_read_each_runs_chosen_step(tmp_path):
   md = tables.to_markdown(spec, tables.collect(tmp_path, cells, spec), 3)
   assert "Selection metric: source_val/accuracy (max)." in md
   assert "oracle (an upper bound)." not in md
+  assert "stopped early" not in md
+  path = experiments.cell_dir(tmp_path, cells[0]) / "results.json"  # one run stopped early
+  path.write_text(json.dumps({**json.loads(path.read_text()),
+                              "stopped_early": {"step": 20, "patience": 2, "best_step": 10}}))
+  assert (f"1 of {len(cells)} runs stopped early (config.select.patience)"
+          in tables.to_markdown(SPEC, tables.collect(tmp_path, cells, SPEC), 3))
   for cell in cells:  # selected on the target test set: the caption calls it an oracle
     path = experiments.cell_dir(tmp_path, cell) / "results.json"
     res = json.loads(path.read_text())

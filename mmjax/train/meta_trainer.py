@@ -106,13 +106,14 @@ def train_and_evaluate(config, workdir) -> dict:
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           {"state": state})
   restored = ckpt.restore_latest(abstract)
-  wall_before = 0.0
+  wall_before, meta = 0.0, {}
   if restored is not None:
-    state, wall_before = restored[0]["state"], restored[1]["wall_time_s"]
+    state, wall_before, meta = restored[0]["state"], restored[1]["wall_time_s"], restored[1]
     logging.info("resumed from %s at step %d", ckpt.directory / str(restored[1]["step"]),
                  restored[1]["step"])
   start_step = int(jax.device_get(state.step))
-  selector = select.Selector(workdir, config, start_step)
+  early, final = trainer.stopped_at(meta, config)  # select.patience's stop, as in the trainer
+  selector = select.Selector(workdir, config, start_step, stopped=early is not None)
 
   meta_batch = config.meta.meta_batch
   update_fn = make_meta_update(maml.make_meta_grad(config, model), tx)
@@ -128,9 +129,10 @@ def train_and_evaluate(config, workdir) -> dict:
   out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
   preemption = trainer.Preemption()
 
-  def save(step):
+  def save(step, **extra):
     ckpt.save(step, {"state": state}, {"step": step, "meta_batch": meta_batch,
-                                       "wall_time_s": wall_before + time.time() - start_time})
+                                       "wall_time_s": wall_before + time.time() - start_time,
+                                       **extra})
 
   def check_finite(step):
     bad = int(jax.device_get(totals["first_bad_step"]))
@@ -151,9 +153,15 @@ def train_and_evaluate(config, workdir) -> dict:
 
   values = {}
   window = steps.DispatchWindow()
-  early, final = None, None  # the step where select.patience ran out, and its meta-test
-  if selector.exhausted():  # it ran out at the restored step (a stop before results.json)
-    early, final = start_step, selector.history[-1]["eval"]["meta_test"]
+
+  def log_train(step):
+    nonlocal totals, values
+    check_finite(step)
+    fetched = jax.device_get(totals)
+    values = {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
+    out.scalars(step, values)
+    totals = new_totals()
+
   try:
     for step in range(start_step + 1, config.train.steps + 1 if early is None else 0):
       # Tasks of step s are drawn from (seed, s - 1), the step counter before the update.
@@ -164,24 +172,23 @@ def train_and_evaluate(config, workdir) -> dict:
       out.step(step)
       last = step == config.train.steps
       if step % config.train.log_every == 0 or last:
-        check_finite(step)
-        fetched = jax.device_get(totals)
-        values = {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
-        out.scalars(step, values)
-        totals = new_totals()
+        log_train(step)
       if config.eval_every and step % config.eval_every == 0 and not last:
         result = test_scalars(step)
         if selector.exhausted():
-          early, final = step, result
+          early, final = selector.stop_entry(), result
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
-      if step % config.checkpoint.every == 0 or last or stop or early is not None:
-        check_finite(step)
-        save(step)
       if early is not None:
+        if step % config.train.log_every:
+          log_train(step)  # the steps since the last log, as the final train numbers
+        save(step, stopped_early=early, stopped_eval=final)
         logging.info("select.patience: %d meta-tests without a new best; stopped at step %d",
                      config.select.patience, step)
         break
+      if step % config.checkpoint.every == 0 or last or stop:
+        check_finite(step)
+        save(step)
       if stop:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
@@ -196,6 +203,6 @@ def train_and_evaluate(config, workdir) -> dict:
   results = trainer.write_results(config, workdir, {"meta_test": final}, values,
                                   wall_before + time.time() - start_time,
                                   **trainer.selected_entry(selector),
-                                  **trainer.early_entry(selector, early))
+                                  **trainer.early_entry(early))
   logging.info("meta-test: %s", final)
   return results

@@ -95,7 +95,7 @@ def _on_grid(step: int, config) -> bool:
 class Selector:
   """Follows one run's evaluations; `update` after each, `result` at the end (None when off)."""
 
-  def __init__(self, workdir, config, restored_step: int):
+  def __init__(self, workdir, config, restored_step: int, stopped: bool = False):
     self.metric, self.mode = config.select.metric, config.select.mode
     self.keep_weights = bool(config.select.keep_weights)
     self.patience = int(config.select.get("patience", 0))
@@ -106,8 +106,10 @@ class Selector:
       return
     saved = _read(self.path)
     if saved and (saved.get("metric"), saved.get("mode")) == (self.metric, self.mode):
+      # A run that select.patience stopped at the restored step replays nothing: it keeps every
+      # evaluation it made, whatever the grid is now.
       kept = [h for h in saved.get("history", [])
-              if h["step"] <= restored_step and _on_grid(h["step"], config)]
+              if h["step"] <= restored_step and (stopped or _on_grid(h["step"], config))]
       dropped = sorted({h["step"] for h in saved.get("history", [])} - {h["step"] for h in kept})
       if dropped:
         logging.info("selection: dropping the evaluations of steps %s (after the restored step %d, "

@@ -65,7 +65,8 @@ def finished_results(workdir: pathlib.Path, config):
   except json.JSONDecodeError:
     logging.warning("%s is unreadable; the run's evaluation will be redone", path)
     return None
-  done = results.get("step") == config.train.steps or "stopped_early" in results
+  done = results.get("step") == config.train.steps or (
+      "stopped_early" in results and results.get("step", 0) <= config.train.steps)
   return results if done else None
 
 
@@ -225,7 +226,7 @@ def train_and_evaluate(config, workdir) -> dict:
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           {"state": state, "rng": rng})
   restored = ckpt.restore_latest(abstract)
-  positions, wall_before = {}, 0.0
+  positions, wall_before, meta = {}, 0.0, {}
   if restored is not None:
     tree, meta = restored
     state, rng = tree["state"], tree["rng"]
@@ -237,7 +238,10 @@ def train_and_evaluate(config, workdir) -> dict:
   # Before the Selector, which may clear best/ when the metric changed.
   select.check_reported(config, reported_numbers(method, config, eval_step, eval_sets, eval_batches,
                                                  state.params, state.model_state))
-  selector = select.Selector(workdir, config, start_step)
+  # select.patience: the stop and its evaluation, when the restored checkpoint is where it stopped
+  # the run (killed before results.json was written).
+  early, final = stopped_at(meta, config)
+  selector = select.Selector(workdir, config, start_step, stopped=early is not None)
 
   # Each stream has its own order: seed + 7919 * index keeps them apart and reproducible.
   iterators = {name: data_lib.TrainIterator(
@@ -265,11 +269,11 @@ def train_and_evaluate(config, workdir) -> dict:
     """The state as replicated arrays on the mesh, whichever mode holds it."""
     return partitioner.from_pmap_state(state) if config.parallel == "pmap" else state
 
-  def save(step):
+  def save(step, **extra):
     ckpt.save(step, {"state": mesh_state(), "rng": rng},
               {"step": step, "data_position": {n: it.position for n, it in iterators.items()},
                "global_batch": config.data.global_batch,
-               "wall_time_s": wall_before + time.time() - start_time})
+               "wall_time_s": wall_before + time.time() - start_time, **extra})
 
   def check_finite(step):
     bad = int(jax.device_get(totals["first_bad_step"]))
@@ -284,9 +288,15 @@ def train_and_evaluate(config, workdir) -> dict:
     state = partitioner.to_pmap_state(state)
   values = {}
   window = steps.DispatchWindow()
-  early, final = None, None  # the step where select.patience ran out, and its evaluation
-  if selector.exhausted():  # it ran out at the restored step (a stop before results.json)
-    early, final = start_step, selector.history[-1]["eval"]
+
+  def log_train(step):
+    nonlocal totals, values
+    check_finite(step)
+    fetched = jax.device_get(totals)
+    values = {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
+    out.scalars(step, values)
+    totals = new_totals()
+
   try:
     for step in range(start_step + 1, config.train.steps + 1 if early is None else 0):
       local = {name: next(it) for name, it in iterators.items()}
@@ -300,11 +310,7 @@ def train_and_evaluate(config, workdir) -> dict:
       out.step(step)
       last = step == config.train.steps
       if step % config.train.log_every == 0 or last:
-        check_finite(step)
-        fetched = jax.device_get(totals)
-        values = {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
-        out.scalars(step, values)
-        totals = new_totals()
+        log_train(step)
       if config.eval_every and step % config.eval_every == 0 and not last:
         current = mesh_state()
         ev = evaluate(method, config, model, current.params, eval_sets, partitioner, eval_batch,
@@ -313,16 +319,19 @@ def train_and_evaluate(config, workdir) -> dict:
         out.scalars(step, {f"{n}/{k}": v for n, r in ev.items() for k, v in r.items()})
         selector.update(step, ev, lambda: {"state": current, "rng": rng})
         if selector.exhausted():
-          early, final = step, ev
+          early, final = selector.stop_entry(), ev
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
-      if step % config.checkpoint.every == 0 or last or stop or early is not None:
-        check_finite(step)
-        save(step)
       if early is not None:
+        if step % config.train.log_every:
+          log_train(step)  # the steps since the last log, as the final train numbers
+        save(step, stopped_early=early, stopped_eval=final)
         logging.info("select.patience: %d evaluations without a new best; stopped at step %d",
                      config.select.patience, step)
         break
+      if step % config.checkpoint.every == 0 or last or stop:
+        check_finite(step)
+        save(step)
       if stop:
         logging.warning("preempted: saved step %d to %s; run the same command to resume",
                         step, ckpt.directory)
@@ -341,7 +350,7 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpt.close()
 
   results = write_results(config, workdir, final, values, wall_before + time.time() - start_time,
-                          **selected_entry(selector), **early_entry(selector, early))
+                          **selected_entry(selector), **early_entry(early))
   logging.info("final evaluation: %s", final)
   return results
 
@@ -374,9 +383,20 @@ def selected_entry(selector) -> dict:
   return {} if result is None else {"selected": result}
 
 
-def early_entry(selector, step) -> dict:
-  """results.json's "step" and "stopped_early" for a run that select.patience stopped at `step`."""
-  return {} if step is None else {"step": step, "stopped_early": selector.stop_entry()}
+def stopped_at(meta: dict, config):
+  """(the stop, its evaluation) from a restored checkpoint's metadata when select.patience stopped
+  the run there, else (None, None). The stop is recorded with the checkpoint, not read back from
+  selection.json, whose history a changed eval_every or a lost file would change."""
+  if not meta.get("stopped_early"):
+    return None, None
+  logging.info("the checkpoint at step %d is where select.patience=%d stopped this run; "
+               "finishing it", meta["step"], config.select.get("patience", 0))
+  return meta["stopped_early"], meta["stopped_eval"]
+
+
+def early_entry(stop) -> dict:
+  """results.json's "step" and "stopped_early" for a run that select.patience stopped."""
+  return {} if stop is None else {"step": stop["step"], "stopped_early": stop}
 
 
 def last_train_row(workdir: pathlib.Path) -> dict:
