@@ -157,8 +157,7 @@ def train_and_evaluate(config, workdir) -> dict:
   def log_train(step):
     nonlocal totals, values
     check_finite(step)
-    fetched = jax.device_get(totals)
-    values = {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
+    values = trainer.train_values(totals)
     out.scalars(step, values)
     totals = new_totals()
 

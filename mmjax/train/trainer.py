@@ -292,8 +292,7 @@ def train_and_evaluate(config, workdir) -> dict:
   def log_train(step):
     nonlocal totals, values
     check_finite(step)
-    fetched = jax.device_get(totals)
-    values = {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
+    values = train_values(totals)
     out.scalars(step, values)
     totals = new_totals()
 
@@ -392,6 +391,12 @@ def stopped_at(meta: dict, config):
   logging.info("the checkpoint at step %d is where select.patience=%d stopped this run; "
                "finishing it", meta["step"], config.select.get("patience", 0))
   return meta["stopped_early"], meta["stopped_eval"]
+
+
+def train_values(totals) -> dict:
+  """The mean train metrics of a log window, {"train/<name>": value}, from steps.accumulate's sums."""
+  fetched = jax.device_get(totals)
+  return {f"train/{k}": float(v) / int(fetched["count"]) for k, v in fetched["sums"].items()}
 
 
 def early_entry(stop) -> dict:
