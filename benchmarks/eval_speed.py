@@ -10,7 +10,8 @@ Per config it times, in alternating repeats (benchmarks/timing.py):
   kept_step     one compiled eval step, batches cut and sent each time;
   kept_batches  one compiled eval step and the batches kept on the devices (the trainer now);
 and for a sweep of --runs runs (seeds) that read the same eval sets:
-  sweep_per_run each run's own pass (the sweep until 2026-11-29, with a kept step);
+  sweep_per_run each run's own pass (sweep._Standard.evaluate, which methods that collect
+                per-example outputs use; kept step and, since the third run below, kept batches);
   sweep_together one pass whose batches are mapped over the runs (sweep._Standard.evaluate_runs).
 It checks that the sweep's two ways give the same numbers (to 1e-5) and writes JSON.
 """

@@ -360,6 +360,14 @@ def run_differences(stored: ml_collections.ConfigDict, cfg: ml_collections.Confi
   return out
 
 
+def run_finished(results: dict, config, default_step=None) -> bool:
+  """Whether a results.json is of a run that is done under `config`: it reached train.steps, or
+  select.patience stopped it at or before them. `default_step`: the step of results without one."""
+  step = results.get("step", default_step)
+  return step == config.train.steps or (
+      "stopped_early" in results and step is not None and step <= config.train.steps)
+
+
 def check_same_run(cfg: ml_collections.ConfigDict, workdir) -> None:
   """Raises ConfigMismatchError when `workdir` already holds a checkpoint or results of a run
   whose config.json differs from `cfg` outside RESUME_FREE_FIELDS; a workdir without either (a run

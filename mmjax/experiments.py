@@ -81,9 +81,8 @@ def is_finished(root: pathlib.Path, cell: Cell) -> bool:
   except (FileNotFoundError, json.JSONDecodeError):
     return False
   config = cell_config(cell)
-  step = results.get("step", config.train.steps)
-  if "eval" not in results or (step != config.train.steps and not (
-      "stopped_early" in results and step <= config.train.steps)):
+  if "eval" not in results or not config_lib.run_finished(results, config,
+                                                          default_step=config.train.steps):
     return False  # unfinished, or finished at another step count (the run then extends it)
   mismatch = _other_run(root, cell, config)
   if mismatch is not None:

@@ -179,11 +179,7 @@ def train_and_evaluate(config, workdir) -> dict:
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
       if early is not None:
-        if step % config.train.log_every:
-          log_train(step)  # the steps since the last log, as the final train numbers
-        save(step, stopped_early=early, stopped_eval=final)
-        logging.info("select.patience: %d meta-tests without a new best; stopped at step %d",
-                     config.select.patience, step)
+        trainer.save_stop(step, config, early, final, log_train, save)
         break
       if step % config.checkpoint.every == 0 or last or stop:
         check_finite(step)

@@ -190,31 +190,42 @@ class _Standard:
     return {"step": step, "data_position": {n: s.position for n, s in self.streams[i].items()},
             "global_batch": self.batch}
 
-  def evaluate(self, i, tree):
-    """Run i's evaluation, alone (a method whose evaluation collects per-example outputs)."""
+  def _eval_step(self, i):
+    """Run i's model and its compiled eval step, shared by the runs of equal hyperparameters."""
     cfg = self.runs[i].config
     key = tuple(float(v[i]) for v in self.hparams.values())
     model = self.method.build_model(cfg)
     if key not in self._eval_steps:
       self._eval_steps[key] = trainer.make_eval_step(self.method, cfg, model, self.partitioner)
-    params, model_state = jax.device_put((tree["state"].params, tree["state"].model_state),
-                                         self.partitioner.replicated)
-    return trainer.evaluate(self.method, cfg, model, params, self.eval_sets[i], self.partitioner,
-                            self.eval_batch, eval_step=self._eval_steps[key],
-                            model_state=model_state)
+    return model, self._eval_steps[key]
+
+  def _batches(self, i):
+    """Run i's eval batches by eval set name, kept by (dataset, split) for all runs."""
+    evals = self.runs[i].config.evals
+    return lambda name, arrays: self._eval_batches((evals[name].dataset, evals[name].split),
+                                                   arrays)
+
+  def _state(self, tree):
+    return jax.device_put((tree["state"].params, tree["state"].model_state),
+                          self.partitioner.replicated)
+
+  def evaluate(self, i, tree):
+    """Run i's evaluation, alone (a method whose evaluation collects per-example outputs)."""
+    model, eval_step = self._eval_step(i)
+    params, model_state = self._state(tree)
+    return trainer.evaluate(self.method, self.runs[i].config, model, params, self.eval_sets[i],
+                            self.partitioner, self.eval_batch, eval_step=eval_step,
+                            model_state=model_state, batches=self._batches(i))
 
   def check_selection(self, tree):
     """select.check_reported for the sweep's runs (they share select.metric and eval set names)."""
     cfg = self.runs[0].config
     if not cfg.select.metric:
       return
-    params, model_state = jax.device_put(_row((tree["state"].params, tree["state"].model_state),
-                                              0), self.partitioner.replicated)
-    step = trainer.make_eval_step(self.method, cfg, self.method.build_model(cfg), self.partitioner)
-    batches = lambda name, arrays: self._eval_batches(
-        (cfg.evals[name].dataset, cfg.evals[name].split), arrays)
+    params, model_state = self._state(_row(tree, 0))
     select.check_reported(cfg, trainer.reported_numbers(
-        self.method, cfg, step, self.eval_sets[0], batches, params, model_state))
+        self.method, cfg, self._eval_step(0)[1], self.eval_sets[0], self._batches(0), params,
+        model_state))
 
   def evaluate_runs(self, indices, tree, rows):
     """Evaluations of runs `indices` whose states are rows `rows` of `tree`.
@@ -264,18 +275,19 @@ class _Standard:
         (jax.tree.map(lambda v: v[rows], (tree["state"].params, tree["state"].model_state))
          + (jax.tree.map(lambda v: v[index], self.hparams),)), self.partitioner.replicated)
     window = steps.DispatchWindow()
-    evals = self.runs[members[0][0]].config.evals
+    first = members[0][0]
+    batches = self._batches(first)
     sums = {}
-    for name, ev in evals.items():
+    for name, arrays in self.eval_sets[first].items():
       total = None
-      for batch in self._eval_batches((ev.dataset, ev.split), self.eval_sets[members[0][0]][name]):
+      for batch in batches(name, arrays):
         out = self._eval_runs(params, model_state, hp, batch)
         total = out if total is None else jax.tree.map(jnp.add, total, out)
         window.push(total)
       sums[name] = total
     sums = jax.device_get(sums)
     return {i: {name: self.method.summarize_eval(jax.tree.map(lambda v, k=k: v[k], sums[name]))
-                for name in evals}
+                for name in sums}
             for k, (i, _) in enumerate(members)}
 
 
@@ -490,6 +502,11 @@ class _Sweep:
     selectors = [select.Selector(self.runs[i].workdir, self.runs[i].config, start)
                  for i in members]
     shared, constants = kind.shared(members)
+
+    def evaluate_live(tree):
+      """{row: evaluation} of the group's runs whose loss stayed finite."""
+      live = [j for j in range(len(members)) if alive[j]]
+      return dict(zip(live, kind.evaluate_runs([members[j] for j in live], tree, live)))
     step = start
     try:
       while step < total:
@@ -518,8 +535,7 @@ class _Sweep:
             outs[j].scalars(step, values[j])
             sums[j], counts[j] = collections.defaultdict(float), 0
         if config.eval_every and step % config.eval_every == 0 and step != total:
-          live = [j for j in range(len(members)) if alive[j]]
-          for j, ev in zip(live, kind.evaluate_runs([members[j] for j in live], tree, live)):
+          for j, ev in evaluate_live(tree).items():
             outs[j].scalars(step, _scalars(ev))
             selectors[j].update(step, ev, lambda: _row(tree, j))
         stop = preemption.requested and step != total
@@ -531,8 +547,7 @@ class _Sweep:
           logging.warning("preempted: saved step %d of %d runs; run the same command to resume",
                           step, sum(alive))
           return [{"preempted": True, "step": step}] * len(members)
-      live = [j for j in range(len(members)) if alive[j]]
-      finals = dict(zip(live, kind.evaluate_runs([members[j] for j in live], tree, live)))
+      finals = evaluate_live(tree)
       results = []
       for j, i in enumerate(members):
         if not alive[j]:

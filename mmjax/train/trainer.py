@@ -65,9 +65,7 @@ def finished_results(workdir: pathlib.Path, config):
   except json.JSONDecodeError:
     logging.warning("%s is unreadable; the run's evaluation will be redone", path)
     return None
-  done = results.get("step") == config.train.steps or (
-      "stopped_early" in results and results.get("step", 0) <= config.train.steps)
-  return results if done else None
+  return results if config_lib.run_finished(results, config) else None
 
 
 def load_eval_sets(config):
@@ -167,7 +165,9 @@ def reported_numbers(method, config, eval_step, eval_sets, batches, params, mode
   name = config.select.metric.partition("/")[0]
   if name not in eval_sets:
     return None
-  batch = next(iter(batches(name, eval_sets[name])))
+  batch = next(iter(batches(name, eval_sets[name])), None)
+  if batch is None:  # an empty split: its numbers come from its first evaluation
+    return None
   shapes = jax.eval_shape(eval_step, params, batch, model_state or {})
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   if getattr(method, "EVAL_COLLECTS", False):
@@ -322,11 +322,7 @@ def train_and_evaluate(config, workdir) -> dict:
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
       if early is not None:
-        if step % config.train.log_every:
-          log_train(step)  # the steps since the last log, as the final train numbers
-        save(step, stopped_early=early, stopped_eval=final)
-        logging.info("select.patience: %d evaluations without a new best; stopped at step %d",
-                     config.select.patience, step)
+        save_stop(step, config, early, final, log_train, save)
         break
       if step % config.checkpoint.every == 0 or last or stop:
         check_finite(step)
@@ -391,6 +387,17 @@ def stopped_at(meta: dict, config):
   logging.info("the checkpoint at step %d is where select.patience=%d stopped this run; "
                "finishing it", meta["step"], config.select.get("patience", 0))
   return meta["stopped_early"], meta["stopped_eval"]
+
+
+def save_stop(step, config, stop, evaluation, log_train, save) -> None:
+  """select.patience's stop at `step`, in the trainer or the meta trainer: the train steps since
+  the last log logged (the final train numbers), then the step saved with the stop and its
+  evaluation in the checkpoint's metadata, where stopped_at reads them after a kill."""
+  if step % config.train.log_every:
+    log_train(step)
+  save(step, stopped_early=stop, stopped_eval=evaluation)
+  logging.info("select.patience: %d evaluations without a new best; stopped at step %d",
+               config.select.patience, step)
 
 
 def train_values(totals) -> dict:
