@@ -245,6 +245,13 @@ def test_meta_trainer_selects_on_meta_test_and_keeps_those_weights(tmp_path):
       "train.steps": "6", "train.log_every": "2", "checkpoint.every": "6", "meta.meta_batch": "8",
       "meta.test_tasks": "10", "meta.test_inner_steps": "2", "eval_every": "2",
       "select.metric": "meta_test/loss", "select.mode": "min"})
+  # A number meta_test does not report is refused before the first step, as in the trainer.
+  bad = config.copy_and_resolve_references()
+  bad.select.metric = "meta_test/top5"
+  with pytest.raises(config_lib.ConfigError, match=r"'meta_test' reports loss, loss_ci95, "
+                     r"loss_step0, loss_step1, loss_step2, n$"):
+    meta_trainer.train_and_evaluate(bad, tmp_path / "refused")
+  assert not list((tmp_path / "refused").glob("checkpoints/*"))
   res = meta_trainer.train_and_evaluate(config, tmp_path)
   logged = _logged(tmp_path, "meta_test/loss")
   assert sorted(logged) == [2, 4, 6]
@@ -253,9 +260,11 @@ def test_meta_trainer_selects_on_meta_test_and_keeps_those_weights(tmp_path):
   params, _, step = checkpoint.read_variables(str(tmp_path / "best"))
   assert step == best
   partitioner = steps.Partitioner("jit")
-  again = meta_trainer.make_meta_test(config, maml.build_model(config), partitioner)(
-      params, episodes.make_task_source(config, config.meta.test_split))
+  meta_test = meta_trainer.make_meta_test(config, maml.build_model(config), partitioner)
+  source = episodes.make_task_source(config, config.meta.test_split)
+  again = meta_test(params, source)
   np.testing.assert_allclose(again["loss"], res["selected"]["value"], rtol=1e-5)
+  assert meta_test.reported(params, source) == set(again)  # the check's numbers are the real ones
 
 
 def _stop_step(values: dict, patience: int, mode: str, last: int):

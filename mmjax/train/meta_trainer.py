@@ -53,6 +53,15 @@ def make_meta_test(config, model, partitioner):
     merged = jax.tree.map(lambda *v: np.concatenate(v)[:meta.test_tasks], *per_task)
     return maml.summarize_eval(merged)
 
+  def reported(meta_params, source):
+    """The numbers meta_test reports, from eval_fn's output shapes: no task is adapted."""
+    tasks = jax.tree.map(lambda v: jax.ShapeDtypeStruct((chunk,) + v.shape[1:], v.dtype),
+                         episodes.batch(source, meta.test_seed, TEST_STEP, [0]))
+    shapes = jax.eval_shape(eval_fn, meta_params, tasks)
+    return set(maml.summarize_eval({k: np.zeros((meta.test_tasks,) + s.shape[1:], s.dtype)
+                                    for k, s in shapes.items()}))
+
+  meta_test.reported = reported
   return meta_test
 
 
@@ -112,6 +121,10 @@ def train_and_evaluate(config, workdir) -> dict:
     logging.info("resumed from %s at step %d", ckpt.directory / str(restored[1]["step"]),
                  restored[1]["step"])
   start_step = int(jax.device_get(state.step))
+  meta_test = make_meta_test(config, model, partitioner)
+  # Before the Selector, which may clear best/ when the metric changed (as in the trainer).
+  select.check_reported(config, meta_test.reported(state.params, test_tasks)
+                        if config.select.metric else None)
   early, final = trainer.stopped_at(meta, config)  # select.patience's stop, as in the trainer
   selector = select.Selector(workdir, config, start_step, stopped=early is not None)
 
@@ -142,8 +155,6 @@ def train_and_evaluate(config, workdir) -> dict:
           f"non-finite meta-loss at step {bad} (detected at step {step}); stopped without saving. "
           f"Last good checkpoint: {ckpt.directory / str(last) if last is not None else 'none'}. "
           "Lower optim.lr or meta.inner_lr, or add optim.grad_clip_norm.")
-
-  meta_test = make_meta_test(config, model, partitioner)
 
   def test_scalars(step):
     result = meta_test(state.params, test_tasks)
