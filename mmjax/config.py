@@ -427,8 +427,6 @@ def sweep_key(cfg: ml_collections.ConfigDict):
   """
   if cfg.trainer not in ("standard", "meta") or cfg.parallel != "jit" or cfg.init_from.workdir:
     return None
-  if cfg.select.get("patience", 0):  # runs that stop early train alone
-    return None
   key = {path: "<float>" if isinstance(value, float) else value
          for path, value in flat_fields(cfg).items()
          if path not in SWEEP_FREE_FIELDS and not path.startswith("evals.")}

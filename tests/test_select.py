@@ -251,7 +251,12 @@ def test_meta_trainer_selects_on_meta_test_and_keeps_those_weights(tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"'meta_test' reports loss, loss_ci95, "
                      r"loss_step0, loss_step1, loss_step2, n$"):
     meta_trainer.train_and_evaluate(bad, tmp_path / "refused")
-  assert not list((tmp_path / "refused").glob("checkpoints/*"))
+  other = bad.copy_and_resolve_references()
+  other.seed = 1
+  with pytest.raises(config_lib.ConfigError, match="'meta_test' reports loss, loss_ci95"):
+    sweep.train_runs([sweep.Run(bad, tmp_path / "refused0"), sweep.Run(other, tmp_path / "r1")])
+  for workdir in ("refused", "refused0", "r1"):
+    assert not list((tmp_path / workdir).glob("checkpoints/*"))
   res = meta_trainer.train_and_evaluate(config, tmp_path)
   logged = _logged(tmp_path, "meta_test/loss")
   assert sorted(logged) == [2, 4, 6]
@@ -337,11 +342,40 @@ def test_patience_configs(tmp_path):
     select.check(_config(**{"select.metric": "", "select.patience": "2"}))
   with pytest.raises(config_lib.ConfigError, match="expected an int >= 0"):
     select.check(_config(**{"select.patience": "-1"}))
-  # Runs that may stop early do not sweep: the runner trains them alone.
-  assert config_lib.sweep_key(_config(**{"select.patience": "1"})) is None
-  with pytest.raises(sweep.SweepError, match="no select.patience"):
-    sweep.train_runs([sweep.Run(_config(seed=s, **{"select.patience": "1"}), tmp_path / str(s))
-                      for s in (0, 1)])
+
+
+def test_sweep_with_patience_stops_each_run_as_alone(selected_run, tmp_path):
+  """In a sweep, each run stops where it stops alone (the rule on an identical full run's logged
+  evaluations, and a solo run with patience), the others going on; a run killed after its stop's
+  checkpoint is finished from that checkpoint's record."""
+  patience = {"select.patience": "1", "train.sweep_axis": "map"}
+  configs = [_config(**patience), _config(seed=3, pair="kitchen_electronics", **patience)]
+  assert config_lib.sweep_key(configs[0]) == config_lib.sweep_key(configs[1]) is not None
+  full = _logged(selected_run[0])
+  expected = _stop_step(full, 1, "max", 30)
+  runs = [sweep.Run(c, tmp_path / f"swept{i}") for i, c in enumerate(configs)]
+  swept = sweep.train_runs(runs)
+  alone = trainer.train_and_evaluate(configs[1], tmp_path / "alone1")
+  assert (swept[0]["step"], swept[0]["stopped_early"]["step"]) == (expected, expected)
+  assert swept[1]["step"] == alone["step"] != expected  # each its own stop (or none)
+  assert swept[1].get("stopped_early") == alone.get("stopped_early")
+  assert swept[1]["selected"]["step"] == alone["selected"]["step"]
+  np.testing.assert_allclose(swept[1]["eval"]["source_val"]["accuracy"],
+                             alone["eval"]["source_val"]["accuracy"])
+  for i, res in enumerate(swept):  # nothing logged or saved after a run's stop
+    workdir = tmp_path / f"swept{i}"
+    assert max(_logged(workdir)) == res["step"]
+    assert max(checkpoint.Checkpointer(workdir, 3).manager.all_steps()) == res["step"]
+  np.testing.assert_allclose([_logged(tmp_path / "swept0")[s] for s in sorted(full) if s <= expected],
+                             [full[s] for s in sorted(full) if s <= expected], rtol=1e-6)
+  # Killed before results.json: the sweep finishes the stopped run from its checkpoint's record.
+  (tmp_path / "swept0" / "results.json").unlink()
+  rows = (tmp_path / "swept0" / "metrics.jsonl").read_text()
+  again = sweep.train_runs(runs)
+  for key in ("step", "eval", "stopped_early", "selected"):
+    assert again[0][key] == swept[0][key], key
+  assert again[1] == swept[1]
+  assert (tmp_path / "swept0" / "metrics.jsonl").read_text() == rows
 
 
 def test_meta_trainer_stops_with_patience(tmp_path):

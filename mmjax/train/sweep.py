@@ -13,7 +13,9 @@ Each run keeps its own workdir exactly as if it had trained alone: config.json, 
 TensorBoard events, orbax checkpoints (the same tree and metadata, so either mode resumes the
 other's checkpoints) and results.json. Run i's numbers equal its solo run's up to float rounding
 (tests/test_sweep.py). A run whose loss turns non-finite stops being saved and is reported; the
-others go on. Sweeps run in one process (the experiment runner starts one per group of cells).
+others go on. A run that select.patience stops is saved and finished at its stop step, as alone; the
+others go on, and the sweep ends when every run has stopped or reached train.steps. (A stopped run's
+row is still computed with the others' until then: the mapped program has a fixed shape.) Sweeps run in one process (the experiment runner starts one per group of cells).
 """
 import collections
 import copy
@@ -380,16 +382,24 @@ class _Meta:
     del i
     return {"step": step, "meta_batch": self.config.meta.meta_batch}
 
-  def evaluate(self, i, tree):
+  def _test(self, i):
+    """Run i's meta-test, compiled once for the runs of equal hyperparameters."""
     cfg = self.runs[i].config
     key = tuple(float(v[i]) for v in self.hparams.values())
     if key not in self._tests:
       self._tests[key] = meta_trainer.make_meta_test(cfg, maml.build_model(cfg), self.partitioner)
+    return self._tests[key]
+
+  def evaluate(self, i, tree):
     params = jax.device_put(tree["state"].params, self.partitioner.replicated)
-    return {"meta_test": self._tests[key](params, self.test_tasks)}
+    return {"meta_test": self._test(i)(params, self.test_tasks)}
 
   def check_selection(self, tree):
-    del tree  # meta_test's numbers are checked at the first evaluation
+    """select.check_reported for the sweep's runs, from the meta-test's output shapes."""
+    cfg = self.runs[0].config
+    if cfg.select.metric:
+      params = jax.device_put(_row(tree, 0)["state"].params, self.partitioner.replicated)
+      select.check_reported(cfg, self._test(0).reported(params, self.test_tasks))
 
   def evaluate_runs(self, indices, tree, rows):
     return [self.evaluate(i, _row(tree, j)) for i, j in zip(indices, rows)]
@@ -400,7 +410,7 @@ def check_runs(runs) -> None:
   keys = {config_lib.sweep_key(r.config) for r in runs}
   if None in keys:
     raise SweepError("a run's config cannot sweep (trainer standard or meta, parallel jit, no "
-                     "init_from, no select.patience)")
+                     "init_from)")
   if len(keys) > 1:
     raise SweepError("the runs' configs differ in fields other than seed, datasets, evals and "
                      "float hyperparameters")
@@ -465,7 +475,7 @@ class _Sweep:
   def train(self):
     tree = self.kind.init(np.array([r.config.seed for r in self.runs], np.int32))
     self.kind.check_selection(tree)
-    trees, starts, positions, walls = [], [], [], []
+    trees, starts, positions, walls, stops = [], [], [], [], {}
     for i, run in enumerate(self.runs):
       restored = checkpoint.Checkpointer(run.workdir, self.config.checkpoint.keep)
       got = restored.restore_latest(_abstract(tree))
@@ -474,13 +484,20 @@ class _Sweep:
       positions.append(got[1].get("data_position", {}) if got else {})
       walls.append(got[1]["wall_time_s"] if got else 0.0)
       starts.append(got[1]["step"] if got else 0)
+      early, final = trainer.stopped_at(got[1] if got else {}, run.config)
+      if early is not None:  # select.patience stopped it there (killed before results.json)
+        stops[i] = early, final
     self.kind.start(positions)
     self.walls = walls
-    if len(set(starts)) > 1:  # runs restored at different steps train in turn, each group a sweep
-      logging.info("runs restored at steps %s; training them group by group", starts)
     results = [None] * len(self.runs)
-    for start in sorted(set(starts)):
-      members = [i for i, s in enumerate(starts) if s == start]
+    for i, (early, final) in stops.items():
+      selector = select.Selector(self.runs[i].workdir, self.runs[i].config, starts[i], stopped=True)
+      results[i] = self._results(i, final, {}, len(self.runs), i, selector, early)
+    starts_todo = {starts[i] for i in range(len(self.runs)) if i not in stops}
+    if len(starts_todo) > 1:  # runs restored at different steps train in turn, each group a sweep
+      logging.info("runs restored at steps %s; training them group by group", starts)
+    for start in sorted(starts_todo):
+      members = [i for i, s in enumerate(starts) if s == start and i not in stops]
       out = self._train_group(members, _stack([trees[i] for i in members]), start)
       for i, res in zip(members, out):
         results[i] = res
@@ -494,7 +511,8 @@ class _Sweep:
     hparams = jax.tree.map(lambda v: v[np.array(members)], kind.hparams)
     outs = [writers.Writers(pathlib.Path(self.runs[i].workdir), total, start, log_every)
             for i in members]
-    alive = [True] * len(members)
+    alive = [True] * len(members)  # False: a non-finite loss, or stopped by select.patience
+    stopped = {}  # row: results of a run that select.patience stopped
     sums = [collections.defaultdict(float) for _ in members]
     counts = [0] * len(members)
     values = [{} for _ in members]
@@ -504,12 +522,17 @@ class _Sweep:
     shared, constants = kind.shared(members)
 
     def evaluate_live(tree):
-      """{row: evaluation} of the group's runs whose loss stayed finite."""
+      """{row: evaluation} of the group's runs still training (finite loss, not stopped)."""
       live = [j for j in range(len(members)) if alive[j]]
       return dict(zip(live, kind.evaluate_runs([members[j] for j in live], tree, live)))
+
+    def log_train(j, step):
+      values[j] = {f"train/{k}": v / counts[j] for k, v in sums[j].items()}
+      outs[j].scalars(step, values[j])
+      sums[j], counts[j] = collections.defaultdict(float), 0
     step = start
     try:
-      while step < total:
+      while step < total and any(alive):
         end = min([total] + [(step // b + 1) * b for b in boundaries])
         inputs = kind.inputs(step, end - step, members)
         tick = time.time()
@@ -531,13 +554,19 @@ class _Sweep:
             sums[j][k] += float(v.sum())
           counts[j] += len(row["loss"])
           if step % log_every == 0 or step == total:
-            values[j] = {f"train/{k}": v / counts[j] for k, v in sums[j].items()}
-            outs[j].scalars(step, values[j])
-            sums[j], counts[j] = collections.defaultdict(float), 0
+            log_train(j, step)
         if config.eval_every and step % config.eval_every == 0 and step != total:
           for j, ev in evaluate_live(tree).items():
             outs[j].scalars(step, _scalars(ev))
             selectors[j].update(step, ev, lambda: _row(tree, j))
+            if selectors[j].exhausted():  # select.patience: this run stops here, the others go on
+              i, early = members[j], selectors[j].stop_entry()
+              trainer.save_stop(step, self.runs[i].config, early, ev,
+                                lambda s, j=j: log_train(j, s),
+                                lambda s, j=j, i=i, **extra: self._save(i, s, _row(tree, j),
+                                                                          **extra))
+              stopped[j] = self._results(i, ev, values[j], len(members), j, selectors[j], early)
+              alive[j] = False
         stop = preemption.requested and step != total
         if step % config.checkpoint.every == 0 or step == total or stop:
           for j, i in enumerate(members):
@@ -546,12 +575,12 @@ class _Sweep:
         if stop:
           logging.warning("preempted: saved step %d of %d runs; run the same command to resume",
                           step, sum(alive))
-          return [{"preempted": True, "step": step}] * len(members)
-      finals = evaluate_live(tree)
+          return [stopped.get(j, {"preempted": True, "step": step}) for j in range(len(members))]
+      finals = evaluate_live(tree) if any(alive) else {}
       results = []
       for j, i in enumerate(members):
         if not alive[j]:
-          results.append(None)
+          results.append(stopped.get(j))
           continue
         final = finals[j]
         outs[j].scalars(total, _scalars(final))
@@ -563,12 +592,13 @@ class _Sweep:
       for out in outs:
         out.close()
 
-  def _save(self, i, step, tree):
+  def _save(self, i, step, tree, **extra):
     run = self.runs[i]
     ckpt = checkpoint.Checkpointer(run.workdir, self.config.checkpoint.keep)
     try:
       ckpt.save(step, tree, {**self.kind.save_meta(i, step),
-                             "wall_time_s": self.walls[i] + time.time() - self.start_time})
+                             "wall_time_s": self.walls[i] + time.time() - self.start_time,
+                             **extra})
     finally:
       ckpt.close()
 
@@ -577,13 +607,13 @@ class _Sweep:
     with (pathlib.Path(self.runs[i].workdir) / "sweep_errors.txt").open("a") as f:
       f.write(text + "\n")
 
-  def _results(self, i, final, values, size, index, selector):
+  def _results(self, i, final, values, size, index, selector, early=None):
     run = self.runs[i]
     return trainer.write_results(
         run.config, pathlib.Path(run.workdir), final, values,
         self.walls[i] + time.time() - self.start_time,
         sweep={"runs": size, "index": index, "axis": run.config.train.sweep_axis},
-        **trainer.selected_entry(selector))
+        **trainer.selected_entry(selector), **trainer.early_entry(early))
 
 
 def _scalars(evaluation: dict) -> dict:
