@@ -255,8 +255,8 @@ def test_meta_trainer_selects_on_meta_test_and_keeps_those_weights(tmp_path):
   other.seed = 1
   with pytest.raises(config_lib.ConfigError, match="'meta_test' reports loss, loss_ci95"):
     sweep.train_runs([sweep.Run(bad, tmp_path / "refused0"), sweep.Run(other, tmp_path / "r1")])
-  for workdir in ("refused", "refused0", "r1"):
-    assert not list((tmp_path / workdir).glob("checkpoints/*"))
+  for workdir in ("refused", "refused0", "r1"):  # no step trained: nothing logged
+    assert not (tmp_path / workdir / "metrics.jsonl").exists()
   res = meta_trainer.train_and_evaluate(config, tmp_path)
   logged = _logged(tmp_path, "meta_test/loss")
   assert sorted(logged) == [2, 4, 6]
@@ -362,6 +362,11 @@ def test_sweep_with_patience_stops_each_run_as_alone(selected_run, tmp_path):
   assert swept[1]["selected"]["step"] == alone["selected"]["step"]
   np.testing.assert_allclose(swept[1]["eval"]["source_val"]["accuracy"],
                              alone["eval"]["source_val"]["accuracy"])
+  # The stop's train numbers (its partial log window) and the evaluations it chose among.
+  assert swept[1]["final_train"] == pytest.approx(alone["final_train"], rel=1e-5)
+  history = lambda d: json.loads((d / "selection.json").read_text())["history"]
+  assert [h["step"] for h in history(tmp_path / "swept1")] == [
+      h["step"] for h in history(tmp_path / "alone1")]
   for i, res in enumerate(swept):  # nothing logged or saved after a run's stop
     workdir = tmp_path / f"swept{i}"
     assert max(_logged(workdir)) == res["step"]
@@ -374,7 +379,6 @@ def test_sweep_with_patience_stops_each_run_as_alone(selected_run, tmp_path):
   again = sweep.train_runs(runs)
   for key in ("step", "eval", "stopped_early", "selected"):
     assert again[0][key] == swept[0][key], key
-  assert again[1] == swept[1]
   assert (tmp_path / "swept0" / "metrics.jsonl").read_text() == rows
 
 
@@ -395,3 +399,15 @@ def test_meta_trainer_stops_with_patience(tmp_path):
   assert (res["step"], res["stopped_early"]["step"]) == (expected, expected)
   np.testing.assert_allclose(res["eval"]["meta_test"]["loss"], full[expected], rtol=1e-5)
   assert max(_logged(tmp_path / "early", "meta_test/loss")) == expected
+  # Killed before results.json, a stop is finished by the other mode from its checkpoint's record:
+  # the solo run's by a sweep (beside another seed, which stops in the sweep), that one's alone.
+  (tmp_path / "early" / "results.json").unlink()
+  runs = [sweep.Run(load(**{"select.patience": "1"}), tmp_path / "early"),
+          sweep.Run(load(**{"select.patience": "1", "seed": "1"}), tmp_path / "seed1")]
+  swept = sweep.train_runs(runs)
+  assert "stopped_early" in swept[1]
+  (tmp_path / "seed1" / "results.json").unlink()
+  alone = meta_trainer.train_and_evaluate(runs[1].config, tmp_path / "seed1")
+  for key in ("step", "eval", "stopped_early", "selected"):
+    assert swept[0][key] == res[key], key
+    assert alone[key] == swept[1][key], key

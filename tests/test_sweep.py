@@ -134,8 +134,13 @@ def test_preempted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
   assert all(r == {"preempted": True, "step": 10} for r in first)
   assert not (tmp_path / "swept0/results.json").exists()
   assert checkpoint.Checkpointer(tmp_path / "swept0", 3).latest_step() == 10
-  monkeypatch.undo()
   import shutil
+  shutil.rmtree(tmp_path / "swept1/checkpoints")
+  # Runs restored at different steps train group by group; a SIGTERM in the first group (run 1,
+  # from step 0) leaves the next one (run 0, from step 10) untrained for the restart.
+  assert sweep.train_runs(runs) == [{"preempted": True, "step": 10}] * 2
+  assert checkpoint.Checkpointer(tmp_path / "swept0", 3).latest_step() == 10
+  monkeypatch.undo()
   shutil.rmtree(tmp_path / "swept1/checkpoints")
   resumed = sweep.train_runs(runs)
   for i, config in enumerate(configs):

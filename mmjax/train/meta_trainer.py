@@ -126,6 +126,8 @@ def train_and_evaluate(config, workdir) -> dict:
   select.check_reported(config, meta_test.reported(state.params, test_tasks)
                         if config.select.metric else None)
   early, final = trainer.stopped_at(meta, config)  # select.patience's stop, as in the trainer
+  if early is not None:  # stored as results.json's "eval" ({"meta_test": ...}), as sweeps store it
+    final = final.get("meta_test", final)
   selector = select.Selector(workdir, config, start_step, stopped=early is not None)
 
   meta_batch = config.meta.meta_batch
@@ -190,7 +192,7 @@ def train_and_evaluate(config, workdir) -> dict:
       # A SIGTERM that lands on a checkpoint step saves that step once, not twice.
       stop = preemption.agreed(step, config.train.log_every) and not last
       if early is not None:
-        trainer.save_stop(step, config, early, final, log_train, save)
+        trainer.save_stop(step, config, early, {"meta_test": final}, log_train, save)
         break
       if step % config.checkpoint.every == 0 or last or stop:
         check_finite(step)

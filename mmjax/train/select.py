@@ -9,7 +9,8 @@ choice of weights on a fixed budget of steps: the run still trains config.train.
 schedules that depend on the run's progress (DANN's lambda and learning rate) are the same. With
 config.select.patience = p > 0 it is early stopping itself: the trainers stop the run once p
 evaluations in a row have not beaten the best (`Selector.exhausted`), and results.json reports the
-stop step ("step", "eval") and says so ("stopped_early"); such runs train alone, not in sweeps.
+stop step ("step", "eval") and says so ("stopped_early"); in a sweep, a run that stops is finished
+there and the others go on.
 
 The evaluations seen so far are kept in workdir/selection.json. A run resumed from a checkpoint at
 step s keeps those at steps <= s that lie on its evaluation grid (multiples of eval_every, and its

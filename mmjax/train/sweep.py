@@ -13,9 +13,9 @@ Each run keeps its own workdir exactly as if it had trained alone: config.json, 
 TensorBoard events, orbax checkpoints (the same tree and metadata, so either mode resumes the
 other's checkpoints) and results.json. Run i's numbers equal its solo run's up to float rounding
 (tests/test_sweep.py). A run whose loss turns non-finite stops being saved and is reported; the
-others go on. A run that select.patience stops is saved and finished at its stop step, as alone; the
-others go on, and the sweep ends when every run has stopped or reached train.steps. (A stopped run's
-row is still computed with the others' until then: the mapped program has a fixed shape.) Sweeps run in one process (the experiment runner starts one per group of cells).
+others go on. A run that select.patience stops is saved and finished at its stop step, as alone;
+the others go on, and the sweep ends when every run has stopped or reached train.steps. (A stopped
+run's row is still computed with the others' until then: the mapped program has a fixed shape.) Sweeps run in one process (the experiment runner starts one per group of cells).
 """
 import collections
 import copy
@@ -496,11 +496,16 @@ class _Sweep:
     starts_todo = {starts[i] for i in range(len(self.runs)) if i not in stops}
     if len(starts_todo) > 1:  # runs restored at different steps train in turn, each group a sweep
       logging.info("runs restored at steps %s; training them group by group", starts)
+    preempted = False
     for start in sorted(starts_todo):
       members = [i for i, s in enumerate(starts) if s == start and i not in stops]
-      out = self._train_group(members, _stack([trees[i] for i in members]), start)
+      if preempted:  # a SIGTERM during an earlier group: the later groups wait for the restart
+        out = [{"preempted": True, "step": start}] * len(members)
+      else:
+        out = self._train_group(members, _stack([trees[i] for i in members]), start)
       for i, res in zip(members, out):
         results[i] = res
+        preempted = preempted or bool(res and res.get("preempted"))
     return results
 
   def _train_group(self, members, tree, start):
@@ -565,6 +570,7 @@ class _Sweep:
                                 lambda s, j=j: log_train(j, s),
                                 lambda s, j=j, i=i, **extra: self._save(i, s, _row(tree, j),
                                                                           **extra))
+              outs[j].close()  # its events flushed before its results.json says it is finished
               stopped[j] = self._results(i, ev, values[j], len(members), j, selectors[j], early)
               alive[j] = False
         stop = preemption.requested and step != total

@@ -67,6 +67,10 @@ class Writers:
       self.bar.set_postfix(loss=f"{values['train/loss']:.4f}", refresh=False)
 
   def close(self) -> None:
+    """Flushes and closes the writers; a second call does nothing."""
+    if getattr(self, "_closed", False):
+      return
+    self._closed = True
     if self.bar is not None:
       self.bar.close()
     self.tensorboard.flush()
