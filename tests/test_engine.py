@@ -157,10 +157,10 @@ def _wait_for(predicate, proc, timeout=240):
 
 
 def test_kill_9_and_restart_gives_exactly_the_uninterrupted_results(tmp_path):
-  long = {"train.steps": "400", "checkpoint.every": "100", "train.log_every": "50"}
+  long = {"train.steps": "200", "checkpoint.every": "50", "train.log_every": "25"}
   launch(tmp_path / "straight", devices=2, overrides=long)
   proc = launch(tmp_path / "killed", devices=2, overrides=long, wait=False)
-  _wait_for(lambda: (tmp_path / "killed/checkpoints/100").is_dir(), proc)
+  _wait_for(lambda: (tmp_path / "killed/checkpoints/50").is_dir(), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (tmp_path / "killed/results.json").exists(), "the run finished before the kill"
