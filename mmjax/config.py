@@ -35,9 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dir = None                # raw files; default $MMJAX_DATA_DIR, then ~/mmjax_data
   c.data.tfds_dir = None           # prepared tfds data; default $MMJAX_TFDS_DIR, then ~/tensorflow_datasets
   c.data.arrays_dir = None         # exported arrays (python -m mmjax.data.export), read before tfds;
-                                   #   default $MMJAX_ARRAYS_DIR; with order "numpy", no TensorFlow needed
-  c.data.order = "tf"              # training example order: "tf" (TF's stateless shuffle) or "numpy"
-                                   #   (numpy's Philox); each epoch a permutation drawn from (seed, epoch)
+                                   #   default $MMJAX_ARRAYS_DIR; with them, no TensorFlow needed
+  c.data.order = "tf"              # training example order: "tf" (TF's stateless shuffle, computed in
+                                   #   numpy) or "numpy" (numpy's Philox); each epoch a permutation
+                                   #   drawn from (seed, epoch)
   c.data.train = "mnist"           # dataset trained on
   c.data.input_key = "image"       # the batch entry the model reads ("image", "features")
   c.data.train_split = "train"

@@ -1,4 +1,4 @@
-"""Exported arrays, the numpy example order, and training on a machine without TensorFlow."""
+"""Exported arrays, the example orders, and training on a machine without TensorFlow."""
 import json
 import os
 import subprocess
@@ -56,6 +56,23 @@ def test_numpy_order_batches_straddle_epochs_resume_and_split_across_processes()
     pipeline.TrainIterator(data, global_batch=batch, seed=seed, order="jax")
 
 
+def test_tf_order_permutations_equal_tensorflows_stateless_shuffle():
+  """The tf order's epochs, computed in numpy, are TensorFlow's stateless_shuffle bit for bit: empty
+  and one-example splits, negative and 64-bit seeds, large epochs, MNIST's 60,000."""
+  import tensorflow as tf  # noqa: PLC0415
+  rng = np.random.default_rng(0)
+  cases = [(0, 0, 0), (1, 5, 3), (2, 0, 0), (7291, 3, 2), (60000, 12345, 7), (2000, -1, 0),
+           (5, 2**40 + 3, 2**33 + 1), (1000, -7919, 12)]
+  cases += [(int(rng.integers(1, 5000)), int(rng.integers(-2**62, 2**62)),
+             int(rng.integers(0, 1000))) for _ in range(20)]
+  for n, seed, epoch in cases:
+    want = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                    seed=tf.constant([seed, epoch], tf.int64))
+    got = pipeline.tf_epoch_permutation(n, seed, epoch)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want.numpy(), err_msg=str((n, seed, epoch)))
+
+
 def test_exported_arrays_equal_the_tfds_ones_and_bad_files_say_so(tmp_path):
   out = tmp_path / "arrays"
   written = export.export(["usps"], ["train", "test"], out)
@@ -92,7 +109,7 @@ def test_a_sweep_trains_without_tensorflow_as_a_solo_run_does_with_it(tmp_path):
   export.export(["usps"], ["train", "test"], arrays_dir)
   export.export(["mnist"], ["test"], arrays_dir)
   overrides = (("train.steps", "6"), ("train.log_every", "3"), ("eval_every", "0"),
-               ("checkpoint.every", "6"), ("data.global_batch", "32"), ("data.order", "numpy"))
+               ("checkpoint.every", "6"), ("data.global_batch", "32"))  # the default tf order
   cells = experiments.grid([{"row": "source only", "column": "U→M",
                              "config": "configs/digits.py:usps_mnist"}], [0, 1], overrides)
   runner = experiments.Runner(tmp_path / "runs", env=_env_without_tensorflow(
