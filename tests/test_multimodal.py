@@ -1,7 +1,9 @@
 """The multimodal tasks on the engine: VQA, fusion classification, retrieval, multimodal DANN.
 
-Every fusion strategy trains a few steps through `train_and_evaluate` on 4 fake devices on the real
-AV digits data; the VQA and retrieval methods are checked against hand-computed references.
+Every AV digits config builds on the data's shapes; the unimodal baselines and the attention-based
+fusions train a few steps through `train_and_evaluate` on 4 fake devices on the real AV digits data
+(every fusion rule trains in test_fusion_models); the VQA and retrieval methods are checked against
+hand-computed references.
 """
 import json
 import pathlib
@@ -92,11 +94,12 @@ def test_every_av_digits_config_builds_its_model_on_the_datasets_shapes():
   devices below (the other four differ from those only in the fusion module)."""
   from mmjax import methods
   from mmjax.methods.inputs import example_inputs
-  batch = {"image": np.zeros((2, 28, 28, 1), np.uint8), "audio": np.zeros((2, 8000), np.float32),
+  batch = {"image": np.zeros((2, 28, 28, 1), np.float32), "audio": np.zeros((2, 8000), np.float32),
            "label": np.zeros(2, np.int32), "speaker": np.zeros(2, np.int32)}
   counts = {}
   for arg in AV_DIGITS_ARGS:
     cfg = tiny_config(f"configs/av_digits.py:{arg}")
+    assert cfg.model.fusion == ("early" if arg in ("image", "audio") else arg)  # its own rule
     method = methods.get_method(cfg.method)
     model = method.build_model(cfg)
     example = (method.example_inputs(cfg, batch) if hasattr(method, "example_inputs")
@@ -106,8 +109,11 @@ def test_every_av_digits_config_builds_its_model_on_the_datasets_shapes():
     logits = out["logits"] if isinstance(out, dict) else out
     assert logits.ndim == 2 and logits.shape[-1] == 10, (arg, logits.shape)
     counts[arg] = sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
-  # The fused models hold both encoders: more parameters than either unimodal one.
+  # The fused models hold both encoders: more parameters than either unimodal one. The rules with
+  # parameters of their own (fusion weights, cross-attention, bottleneck tokens) differ from concat.
   assert min(counts[a] for a in AV_DIGITS_ARGS[2:]) > max(counts["image"], counts["audio"]), counts
+  for arg in ("weighted_sum", "cross_attention", "bottleneck"):
+    assert counts[arg] != counts["concat"], counts
 
 
 @pytest.mark.parametrize("arg", ["image", "audio", "cross_attention", "bottleneck"])

@@ -8,7 +8,7 @@ TensorFlow is installed:
 
   python -m mmjax.data.export --datasets=mnist,usps --out=/path/to/arrays
 
-with `config.data.order = "numpy"` (the tf order needs TensorFlow; mmjax.data.pipeline).
+in either example order (the tf order is computed in numpy; mmjax.data.pipeline).
 """
 import os
 import pathlib

@@ -3,7 +3,7 @@
 python -m mmjax.data.export --datasets=mnist,usps --out=/path/to/arrays [--splits=train,test]
 
 Each split is load_split's common form, written to <out>/<name>/<split>.npz (compressed). On the
-other machine set config.data.arrays_dir=<out> (or $MMJAX_ARRAYS_DIR) and config.data.order=numpy.
+other machine set config.data.arrays_dir=<out> (or $MMJAX_ARRAYS_DIR); either example order works.
 "train_fit" and "train_val" need no files of their own: they are cut from "train" there.
 """
 import pathlib

@@ -8,8 +8,8 @@ Two orders draw the permutations (config.data.order): "tf", TensorFlow's statele
 default, and every table's runs so far), computed here in numpy bit for bit
 (`tf_epoch_permutation`, tested against TensorFlow's op), so it needs no TensorFlow; "numpy",
 numpy's Philox generator keyed by (seed, epoch), which machines without TensorFlow used before.
-The two give different streams, so a run keeps the order it started with. Either way a permutation is drawn once per epoch and batches are gathered in numpy in the
-calling thread: 0.055 ms (wall and CPU) for 128 MNIST images, where the tf.data pipeline this
+The two give different streams, so a run keeps the order it started with. Either way a permutation
+is drawn once per epoch and batches are gathered in numpy in the calling thread: 0.055 ms (wall and CPU) for 128 MNIST images, where the tf.data pipeline this
 replaced (a map over index batches, prefetch) took 0.34 ms wall and 0.54 ms CPU for the same batches.
 """
 from collections.abc import Iterator, Mapping
