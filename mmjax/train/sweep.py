@@ -15,7 +15,8 @@ other's checkpoints) and results.json. Run i's numbers equal its solo run's up t
 (tests/test_sweep.py). A run whose loss turns non-finite stops being saved and is reported; the
 others go on. A run that select.patience stops is saved and finished at its stop step, as alone;
 the others go on, and the sweep ends when every run has stopped or reached train.steps. (A stopped
-run's row is still computed with the others' until then: the mapped program has a fixed shape.) Sweeps run in one process (the experiment runner starts one per group of cells).
+run's row is still computed with the others' until then: the mapped program has a fixed shape.)
+Sweeps run in one process (the experiment runner starts one per group of cells).
 """
 import collections
 import copy
