@@ -96,7 +96,9 @@ def test_exported_arrays_equal_the_tfds_ones_and_bad_files_say_so(tmp_path):
           "try:\n  load_split('mnist', 'test')\nexcept ImportError as e:\n  print(e)\n"
           "load_split('usps', 'test')\n")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, **_env_without_tensorflow(MMJAX_ARRAYS_DIR=str(out))})
+                        env={**os.environ, **_env_without_tensorflow(
+                            MMJAX_ARRAYS_DIR=str(out),  # and no split cache (a fresh tfds dir)
+                            MMJAX_TFDS_DIR=str(tmp_path / "no_tfds"))})
   first, missing = proc.stdout.splitlines()[:2]
   assert first == "(1458, 28, 28, 1) False False", proc.stderr[-2000:]
   assert "mnist/test.npz" in missing and "python -m mmjax.data.export --datasets=mnist" in missing
@@ -113,12 +115,14 @@ def test_a_sweep_trains_without_tensorflow_as_a_solo_run_does_with_it(tmp_path):
   cells = experiments.grid([{"row": "source only", "column": "U→M",
                              "config": "configs/digits.py:usps_mnist"}], [0, 1], overrides)
   runner = experiments.Runner(tmp_path / "runs", env=_env_without_tensorflow(
-      MMJAX_ARRAYS_DIR=str(arrays_dir)))
+      MMJAX_ARRAYS_DIR=str(arrays_dir), MMJAX_TFDS_DIR=str(tmp_path / "no_tfds"),
+      MMJAX_TEST_HIDE="tensorboard"))  # and without tensorboard: metrics.jsonl and the log only
   assert set(runner.run(cells).values()) == {"done"}
   swept = experiments.cell_dir(tmp_path / "runs", cells[0])
   assert json.loads((swept / "results.json").read_text())["sweep"]["runs"] == 2
-  assert not list(swept.glob("events.out.tfevents*"))  # no clu, so no TensorBoard events
-  assert "clu cannot be imported" in next((tmp_path / "runs" / "sweeps").glob("*.log")).read_text()
+  assert not list(swept.glob("events.out.tfevents*"))
+  log = next((tmp_path / "runs" / "sweeps").glob("*.log")).read_text()
+  assert "the tensorboard package cannot be imported" in log and "steps/s" in log
 
   # The same run alone, with TensorFlow, reading tfds rather than the exported arrays.
   config = config_lib.load_with_overrides(str(REPO / "configs/digits.py:usps_mnist"),

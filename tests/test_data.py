@@ -97,6 +97,76 @@ def test_load_split_usps_matches_an_independent_resize(usps_tfds_dir):
   assert data.load_split("usps", "test", tfds_dir=usps_tfds_dir)["image"].shape == (2007, 28, 28, 1)
 
 
+_READ_WITHOUT_TF = """
+import sys
+import numpy as np
+from mmjax.data import load_split
+test, val = load_split("usps", "test"), load_split("usps", "train_val")
+np.savez(sys.argv[1], test_image=test["image"], test_label=test["label"], val_image=val["image"],
+         val_label=val["label"])
+print("tensorflow" in sys.modules, "tensorflow_datasets" in sys.modules)
+"""
+
+
+def test_split_cache_gives_what_tfds_gave_until_tfds_the_code_or_the_file_changes(
+    usps_tfds_dir, tmp_path, monkeypatch):
+  from mmjax.data import arrays, datasets, split_cache  # noqa: PLC0415
+  cache = split_cache.cache_path(usps_tfds_dir, "usps", "test")
+  cache.unlink(missing_ok=True)
+  direct = datasets.load_split("usps", "test", tfds_dir=usps_tfds_dir)  # tfds; writes the cache
+  train = datasets.load_split("usps", "train", tfds_dir=usps_tfds_dir)
+  assert cache.exists()
+
+  def same(got, want):
+    assert got is not None and sorted(got) == sorted(want)
+    for key in want:
+      assert got[key].dtype == want[key].dtype
+      np.testing.assert_array_equal(got[key], want[key])
+
+  same(split_cache.read("usps", "test", usps_tfds_dir), direct)
+  # A process without TensorFlow reads the cache: the same arrays, train_val cut from train.
+  out = tmp_path / "read.npz"
+  proc = subprocess.run(
+      [sys.executable, "-c", _READ_WITHOUT_TF, str(out)], capture_output=True, text=True,
+      env={**os.environ, "MMJAX_TFDS_DIR": str(usps_tfds_dir), "MMJAX_ARRAYS_DIR": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, (
+               str(pathlib.Path(__file__).parent / "no_tensorflow"), os.environ.get("PYTHONPATH"))))})
+  assert proc.stdout.split() == ["False", "False"], proc.stderr[-2000:]
+  with np.load(out) as read:
+    val = arrays.cut_holdout(train, "train_val")
+    same({"image": read["test_image"], "label": read["test_label"]}, direct)
+    same({"image": read["val_image"], "label": read["val_label"]}, val)
+
+  # tfds prepared again (here: one of its files has a new modification time): a miss, then the
+  # entry point reads tfds and rewrites the cache, which hits again.
+  prepared = pathlib.Path(str(data.get_builder("usps", tfds_dir=usps_tfds_dir).data_dir))
+  shard = next(p for p in sorted(prepared.iterdir()) if "test" in p.name)
+  stat = shard.stat()
+  os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  assert split_cache.read("usps", "test", usps_tfds_dir) is None
+  same(data.load_split("usps", "test", tfds_dir=usps_tfds_dir), direct)
+  same(split_cache.read("usps", "test", usps_tfds_dir), direct)
+
+  # The data code or the package versions changed: a miss.
+  with monkeypatch.context() as m:
+    m.setattr(split_cache, "code_digest", lambda: "an edited builder")
+    assert split_cache.read("usps", "test", usps_tfds_dir) is None
+  with monkeypatch.context() as m:
+    m.setattr(split_cache, "_versions", lambda: {"tensorflow-datasets": "0.0"})
+    assert split_cache.read("usps", "test", usps_tfds_dir) is None
+
+  # A damaged cache file (truncated; one flipped byte of image data, caught by zip's CRC) is
+  # ignored, and the entry point still gives tfds's arrays and writes a good file again.
+  good = cache.read_bytes()
+  flipped = bytearray(good)
+  flipped[len(good) // 3] ^= 0xFF
+  for bad in (good[:len(good) // 2], bytes(flipped)):
+    cache.write_bytes(bad)
+    assert split_cache.read("usps", "test", usps_tfds_dir) is None
+    same(data.load_split("usps", "test", tfds_dir=usps_tfds_dir), direct)
+    same(split_cache.read("usps", "test", usps_tfds_dir), direct)
+
+
 def read_idx(path: pathlib.Path) -> np.ndarray:
   """Parses a gzipped IDX file (big-endian header: magic, dims) without mmjax or tfds."""
   raw = gzip.open(path).read()

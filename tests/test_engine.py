@@ -75,7 +75,21 @@ def test_run_writes_config_metrics_results_and_tensorboard(reference):
   assert res["eval"]["source_test"]["accuracy"] > 0.5
   assert json.loads((reference / "config.json").read_text())["train"]["steps"] == 30
   assert sorted(curve(reference)) == [5, 10, 15, 20, 25, 30]
-  assert list(reference.glob("events.out.tfevents.*"))
+  # TensorBoard's own reader finds every scalar of metrics.jsonl in the events (float32 there).
+  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+  from tensorboard.util import tensor_util  # noqa: PLC0415
+  events = event_accumulator.EventAccumulator(str(reference),
+                                              size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  rows = [json.loads(r) for r in (reference / "metrics.jsonl").read_text().splitlines()]
+  logged = {(r["step"], k): v for r in rows for k, v in r.items() if k != "step"}
+  read = {(e.step, tag): float(tensor_util.make_ndarray(e.tensor_proto))
+          for tag in events.Tags()["tensors"] for e in events.Tensors(tag)}
+  assert len(list(reference.glob("events.out.tfevents.*"))) == 1
+  assert set(logged) <= set(read) and len(logged) >= 12
+  assert {tag for _, tag in set(read) - set(logged)} == {"steps_per_sec"}
+  for key, value in logged.items():
+    np.testing.assert_allclose(read[key], value, rtol=1e-6, err_msg=str(key))
   assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [10, 20, 30]
 
 

@@ -1,8 +1,8 @@
 """mmjax's data layer: raw files -> prepared tfds datasets -> arrays in one common form -> batches.
 
-Exported arrays (mmjax.data.arrays) skip the tfds step; with them nothing here imports TensorFlow
-(both example orders are computed in numpy), which the tfds names below (BUILDERS, get_builder, ...)
-load on first use.
+Exported arrays (mmjax.data.arrays) and the split cache of what tfds gave (mmjax.data.split_cache)
+skip the tfds step; with them nothing here imports TensorFlow (both example orders are computed in
+numpy), which the tfds names below (BUILDERS, get_builder, ...) load on first use.
 """
 from mmjax.data.arrays import SPLITS
 from mmjax.data.arrays import load_split

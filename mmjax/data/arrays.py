@@ -1,8 +1,9 @@
 """Datasets as exported arrays: `load_split`'s common form in .npz files, read without TensorFlow.
 
 `load_split` is the data layer's one entry point. It reads `<arrays dir>/<name>/<split>.npz` when
-that file exists (the arrays dir is config.data.arrays_dir, else $MMJAX_ARRAYS_DIR), and otherwise
-prepares and reads the tfds dataset (mmjax.data.datasets, which needs TensorFlow Datasets). A
+that file exists (the arrays dir is config.data.arrays_dir, else $MMJAX_ARRAYS_DIR), then the split
+cache beside the tfds datasets (mmjax.data.split_cache), and otherwise prepares and reads the tfds
+dataset (mmjax.data.datasets, which needs TensorFlow Datasets). A
 machine without TensorFlow (a GPU image with only JAX in it, say) trains on arrays exported where
 TensorFlow is installed:
 
@@ -88,8 +89,9 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
                arrays_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
   """A whole split in the common form (see mmjax.data.datasets.load_split for every dataset's).
 
-  Exported arrays come first; without them, the tfds dataset (prepared from the raw files in the
-  data directory on first use).
+  Exported arrays come first; then the split cache beside the tfds datasets (mmjax.data.split_cache:
+  the arrays tfds gave last time, while its prepared files and the data code are unchanged); then
+  the tfds dataset (prepared from the raw files in the data directory on first use).
   """
   if name.startswith(NPZ_PREFIX):
     return load_npz(name[len(NPZ_PREFIX):], f"dataset {name}")
@@ -98,6 +100,11 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     return cut_holdout(load_split(name, "train", arrays_dir=root), split)
   if root is not None and array_path(root, name, split).exists():
     return load_npz(array_path(root, name, split), f"exported arrays of {name}/{split}")
+  from mmjax.data import split_cache  # what tfds gave last time, while it would still give it
+  holdout = split in HOLDOUT_SPLITS
+  cached = split_cache.read(name, "train" if holdout else split, tfds_dir)
+  if cached is not None:
+    return cut_holdout(cached, split) if holdout else cached
   try:
     from mmjax.data import datasets  # TensorFlow Datasets
   except ImportError as e:

@@ -29,6 +29,7 @@ from mmjax.data import omniglot
 from mmjax.data import omniglot_strokes
 from mmjax.data import paths
 from mmjax.data import sort_of_clevr
+from mmjax.data import split_cache
 from mmjax.data import tf_runtime
 from mmjax.data import usps
 from mmjax.data.arrays import NPZ_PREFIX, SPLITS
@@ -171,7 +172,9 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   arrays = tfds.as_numpy(builder.as_dataset(split="train" if spec.train_only else split, batch_size=-1))
   logging.info("Read %s/%s (%d examples) in %.1f s", name, split, len(arrays["label"]),
                time.perf_counter() - start)
-  return spec.common_form(arrays)
+  common = spec.common_form(arrays)
+  split_cache.write(name, split, common, str(builder.data_dir), tfds_dir)  # the next read skips TF
+  return common
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:

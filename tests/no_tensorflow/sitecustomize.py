@@ -1,8 +1,11 @@
 """On PYTHONPATH, makes this interpreter (and every child that inherits the variable) see no
-TensorFlow, TensorFlow Datasets or clu, as on a machine where they are not installed."""
+TensorFlow, TensorFlow Datasets or clu, as on a machine where they are not installed; and the
+packages named in $MMJAX_TEST_HIDE (comma-separated, e.g. tensorboard) too."""
+import os
 import sys
 
-HIDDEN = ("tensorflow", "tensorflow_datasets", "clu")
+HIDDEN = ("tensorflow", "tensorflow_datasets", "clu",
+          *filter(None, os.environ.get("MMJAX_TEST_HIDE", "").split(",")))
 
 
 class _Hiding:
