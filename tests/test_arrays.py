@@ -106,7 +106,7 @@ def test_exported_arrays_equal_the_tfds_ones_and_bad_files_say_so(tmp_path):
   assert "cannot read" in proc.stderr and "usps/test.npz" in proc.stderr
 
 
-def test_a_sweep_trains_without_tensorflow_as_a_solo_run_does_with_it(tmp_path):
+def test_a_sweep_trains_without_tensorflow_as_a_solo_run_does_with_it(tmp_path, monkeypatch):
   arrays_dir = tmp_path / "arrays"
   export.export(["usps"], ["train", "test"], arrays_dir)
   export.export(["mnist"], ["test"], arrays_dir)
@@ -124,9 +124,11 @@ def test_a_sweep_trains_without_tensorflow_as_a_solo_run_does_with_it(tmp_path):
   log = next((tmp_path / "runs" / "sweeps").glob("*.log")).read_text()
   assert "the tensorboard package cannot be imported" in log and "steps/s" in log
 
-  # The same run alone, with TensorFlow, reading tfds rather than the exported arrays.
+  # The same run alone, with TensorFlow, reading tfds rather than the exported arrays (or the
+  # split cache).
   config = config_lib.load_with_overrides(str(REPO / "configs/digits.py:usps_mnist"),
                                           {**dict(overrides), "seed": "0"})
+  monkeypatch.setenv("MMJAX_NO_SPLIT_CACHE", "1")
   alone = trainer.train_and_evaluate(config, tmp_path / "alone")
   rows = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
   a, b = rows(swept), rows(tmp_path / "alone")

@@ -3,6 +3,7 @@ import gzip
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -147,13 +148,33 @@ def test_split_cache_gives_what_tfds_gave_until_tfds_the_code_or_the_file_change
   same(data.load_split("usps", "test", tfds_dir=usps_tfds_dir), direct)
   same(split_cache.read("usps", "test", usps_tfds_dir), direct)
 
-  # The data code or the package versions changed: a miss.
+  # The data code or the package versions changed: a miss. A process whose data code changed on
+  # disk after it imported it (it would cache the old code's arrays under the new code's key)
+  # writes nothing. $MMJAX_NO_SPLIT_CACHE=1: no reads, no writes.
   with monkeypatch.context() as m:
     m.setattr(split_cache, "code_digest", lambda: "an edited builder")
     assert split_cache.read("usps", "test", usps_tfds_dir) is None
   with monkeypatch.context() as m:
     m.setattr(split_cache, "_versions", lambda: {"tensorflow-datasets": "0.0"})
     assert split_cache.read("usps", "test", usps_tfds_dir) is None
+  before = cache.stat().st_mtime_ns
+  with monkeypatch.context() as m:
+    m.setattr(split_cache, "_digest_sources", lambda: "edited since import")
+    assert split_cache.write("usps", "test", direct, prepared, usps_tfds_dir) is None
+  with monkeypatch.context() as m:
+    m.setenv("MMJAX_NO_SPLIT_CACHE", "1")
+    assert split_cache.read("usps", "test", usps_tfds_dir) is None
+    assert split_cache.write("usps", "test", direct, prepared, usps_tfds_dir) is None
+  assert cache.stat().st_mtime_ns == before
+
+  # A copy of the tfds dir checks its own prepared files, not the original's.
+  copy = tmp_path / "tfds_copy"
+  shutil.copytree(usps_tfds_dir, copy)  # modification times kept
+  same(split_cache.read("usps", "test", copy), direct)
+  copied_shard = copy / shard.relative_to(usps_tfds_dir)
+  os.utime(copied_shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
+  assert split_cache.read("usps", "test", copy) is None
+  same(split_cache.read("usps", "test", usps_tfds_dir), direct)
 
   # A damaged cache file (truncated; one flipped byte of image data, caught by zip's CRC) is
   # ignored, and the entry point still gives tfds's arrays and writes a good file again.

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mmjax import config as config_lib
+from mmjax import data
 from mmjax import train
 from mmjax.train import checkpoint, transfer
 from conftest import xla_flags
@@ -76,20 +77,24 @@ def test_run_writes_config_metrics_results_and_tensorboard(reference):
   assert json.loads((reference / "config.json").read_text())["train"]["steps"] == 30
   assert sorted(curve(reference)) == [5, 10, 15, 20, 25, 30]
   # TensorBoard's own reader finds every scalar of metrics.jsonl in the events (float32 there).
-  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
-  from tensorboard.util import tensor_util  # noqa: PLC0415
-  events = event_accumulator.EventAccumulator(str(reference),
-                                              size_guidance={event_accumulator.TENSORS: 0})
-  events.Reload()
   rows = [json.loads(r) for r in (reference / "metrics.jsonl").read_text().splitlines()]
   logged = {(r["step"], k): v for r in rows for k, v in r.items() if k != "step"}
-  read = {(e.step, tag): float(tensor_util.make_ndarray(e.tensor_proto))
-          for tag in events.Tags()["tensors"] for e in events.Tensors(tag)}
+  read = {(step, tag): value for tag, pairs in tensorboard_scalars(reference).items()
+          for step, value in pairs}
   assert len(list(reference.glob("events.out.tfevents.*"))) == 1
-  assert set(logged) <= set(read) and len(logged) >= 12
-  assert {tag for _, tag in set(read) - set(logged)} == {"steps_per_sec"}
+  assert set(logged) == set(read) and len(logged) >= 12
   for key, value in logged.items():
     np.testing.assert_allclose(read[key], value, rtol=1e-6, err_msg=str(key))
+
+
+def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar but steps/s in a workdir's event files, as TensorBoard's own reader sees them."""
+  from tensorboard.backend.event_processing import plugin_event_accumulator as acc  # noqa: PLC0415
+  from tensorboard.util import tensor_util  # noqa: PLC0415
+  events = acc.EventAccumulator(str(workdir), size_guidance={acc.TENSORS: 0})
+  events.Reload()
+  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+          for tag in events.Tags()["tensors"] if tag != "steps_per_sec"}
   assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [10, 20, 30]
 
 
@@ -172,18 +177,30 @@ def _wait_for(predicate, proc, timeout=240):
 
 def test_kill_9_and_restart_gives_exactly_the_uninterrupted_results(tmp_path):
   long = {"train.steps": "200", "checkpoint.every": "50", "train.log_every": "25"}
+  # The killed run's two processes cannot import TensorFlow: they read the split cache (made here
+  # if it is missing) and still write TensorBoard events.
+  for name, split in (("usps", "train"), ("usps", "test"), ("mnist", "test")):
+    data.load_split(name, split)
+  no_tf = {"PYTHONPATH": os.pathsep.join(filter(None, (str(REPO / "tests" / "no_tensorflow"),
+                                                       os.environ.get("PYTHONPATH")))),
+           "MMJAX_ARRAYS_DIR": ""}
   launch(tmp_path / "straight", devices=2, overrides=long)
-  proc = launch(tmp_path / "killed", devices=2, overrides=long, wait=False)
-  _wait_for(lambda: (tmp_path / "killed/checkpoints/50").is_dir(), proc)
+  proc = launch(tmp_path / "killed", devices=2, overrides=long, wait=False, env=no_tf)
+  # Killed once step 75 is logged after checkpoint 50: the restart logs it again.
+  _wait_for(lambda: (tmp_path / "killed/checkpoints/50").is_dir() and
+            75 in curve(tmp_path / "killed"), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (tmp_path / "killed/results.json").exists(), "the run finished before the kill"
-  out = launch(tmp_path / "killed", devices=2, overrides=long)
-  assert "resumed from" in out
+  out = launch(tmp_path / "killed", devices=2, overrides=long, env=no_tf)
+  assert "resumed from" in out and "from the split cache" in out
   straight, resumed = results(tmp_path / "straight"), results(tmp_path / "killed")
   assert resumed["eval"] == straight["eval"]
   assert resumed["final_train"] == straight["final_train"]
   assert curve(tmp_path / "killed") == curve(tmp_path / "straight")
+  # Two event files; the second restarts at the checkpoint, so TensorBoard shows each step once.
+  assert len(list((tmp_path / "killed").glob("events.out.tfevents.*"))) == 2
+  assert tensorboard_scalars(tmp_path / "killed") == tensorboard_scalars(tmp_path / "straight")
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):

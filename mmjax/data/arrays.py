@@ -110,6 +110,7 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   except ImportError as e:
     where = (f"there is no {array_path(root, name, split)}" if root is not None else
              f"no arrays dir is set (config.data.arrays_dir or ${ARRAYS_DIR_ENV})")
+    where += " and the split cache of the tfds dir has no valid copy of it"
     raise ImportError(
         f"dataset {name}/{split}: {where}, and reading it from tfds needs TensorFlow Datasets, "
         f"which cannot be imported here ({e}). Either install tensorflow and tensorflow-datasets "

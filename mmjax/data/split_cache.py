@@ -4,17 +4,21 @@ Reading a split from tfds imports TensorFlow (about 5 s a process) and decodes e
 first read of a split writes its common form to `<tfds dir>/mmjax_arrays/<name>/<split>.npz`;
 later reads load that file with numpy alone, as long as it still describes what tfds would give:
 
-- the prepared tfds directory it was read from still holds the same files (names, sizes and
-  modification times), so re-preparing the dataset (a new builder version, a deleted and rebuilt
-  tfds dir) is a miss;
+- the prepared tfds directory it was read from (stored relative to the tfds dir, so a copied or
+  moved tfds dir checks its own files) still holds the same files: names, sizes and modification
+  times, so re-preparing the dataset (a new builder version, a deleted and rebuilt tfds dir) is a
+  miss;
 - the source of the data layer (every `mmjax/data/*.py`) is the same, so a change to a builder or
-  to the common form (image resizing, feature scaling, ...) is a miss;
-- the installed tensorflow, tensorflow-datasets and numpy versions are the same.
+  to the common form (image resizing, feature scaling, ...) is a miss. The digest is taken when
+  this module is imported, and a process whose data code changed on disk since then writes nothing;
+- the installed tensorflow, tensorflow-datasets and numpy versions are the same (on a machine
+  without TensorFlow nothing matches: use exported arrays there, mmjax.data.arrays).
 
 The description is stored in the file (`__mmjax_cache__`, JSON), so the arrays and their key are
 replaced together by one rename. A file that cannot be read (truncated, corrupt: zip's CRC check)
 or does not match is ignored with a log line: the split is read from tfds again and rewritten.
-Delete `<tfds dir>/mmjax_arrays` to drop the cache. Nothing here imports TensorFlow.
+`$MMJAX_NO_SPLIT_CACHE=1` turns the cache off; deleting `<tfds dir>/mmjax_arrays` drops it. Nothing
+here imports TensorFlow.
 """
 import functools
 import hashlib
@@ -22,8 +26,9 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
+import time
 import uuid
-import zipfile
 
 import numpy as np
 from absl import logging
@@ -32,24 +37,44 @@ from mmjax.data import paths
 
 CACHE_FOLDER = "mmjax_arrays"
 META_KEY = "__mmjax_cache__"
-FORMAT = 1
+OFF_ENV = "MMJAX_NO_SPLIT_CACHE"
+FORMAT = 2
 _DATA_SOURCES = pathlib.Path(__file__).resolve().parent
-_VERSIONED = ("tensorflow", "tensorflow-cpu", "tensorflow-datasets", "numpy")
+_VERSIONED = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos", "tf-nightly",
+              "tensorflow-datasets", "numpy")
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+_STALE_TMP_SECS = 3600
+_warned_unwritable = set()
 
 
-def cache_path(tfds_dir: str | os.PathLike | None, name: str, split: str) -> pathlib.Path:
+def enabled() -> bool:
+  return os.environ.get(OFF_ENV, "") in ("", "0")
+
+
+def cache_path(tfds_dir: str | os.PathLike | None, name: str, split: str) -> pathlib.Path | None:
+  """<tfds dir>/mmjax_arrays/<name>/<split>.npz, or None for a name or split that is no file name."""
+  if not (_NAME.fullmatch(name) and _NAME.fullmatch(split)):
+    return None
   return paths.resolve_tfds_dir(tfds_dir) / CACHE_FOLDER / name / f"{split}.npz"
 
 
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-  """sha256 over the data layer's source files (their names and bytes)."""
+def _digest_sources() -> str:
   digest = hashlib.sha256()
   for source in sorted(_DATA_SOURCES.glob("*.py")):
     digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
   return digest.hexdigest()
 
 
+CODE_DIGEST = _digest_sources()  # the data code this process imported (mmjax.data.datasets imports
+                                 # this module first, then the builders, at the same moment)
+
+
+def code_digest() -> str:
+  """sha256 over the data layer's source files (their names and bytes) when it was imported."""
+  return CODE_DIGEST
+
+
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str | None]:
   found = {}
   for dist in _VERSIONED:
@@ -67,31 +92,37 @@ def prepared_files(prepared_dir: str | os.PathLike) -> list[list]:
           for entry in sorted(root.iterdir()) if entry.is_file()]
 
 
-def _key(name: str, split: str, prepared_dir: str | os.PathLike) -> dict:
+def _key(name: str, split: str, tfds_root: pathlib.Path, prepared: str) -> dict:
   return {"format": FORMAT, "name": name, "split": split, "code": code_digest(),
-          "versions": _versions(), "prepared_dir": os.fspath(pathlib.Path(prepared_dir).absolute()),
-          "prepared_files": prepared_files(prepared_dir)}
+          "versions": _versions(), "prepared_dir": prepared,
+          "prepared_files": prepared_files(tfds_root / prepared)}
 
 
 def read(name: str, split: str, tfds_dir: str | os.PathLike | None = None
          ) -> dict[str, np.ndarray] | None:
   """The cached common form of name/split, or None (no cache file, a stale one or a bad one)."""
   path = cache_path(tfds_dir, name, split)
-  if not path.exists():
+  if path is None or not enabled() or not path.exists():
     return None
+  tfds_root = paths.resolve_tfds_dir(tfds_dir)
   try:
     with np.load(path, allow_pickle=False) as npz:
+      if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz file")
       stored = json.loads(str(npz[META_KEY]))
-      prepared_dir = stored.get("prepared_dir", "")
-      if not os.path.isdir(prepared_dir):
-        logging.info("split cache %s: its tfds dataset %s is gone; reading tfds", path, prepared_dir)
+      prepared = stored.get("prepared_dir") if isinstance(stored, dict) else None
+      if not isinstance(prepared, str) or not _inside(tfds_root, prepared):
+        raise ValueError(f"bad description {str(stored)[:200]}")
+      if not (tfds_root / prepared).is_dir():
+        logging.info("split cache %s: its tfds dataset %s is gone; reading tfds", path,
+                     tfds_root / prepared)
         return None
-      if stored != _key(name, split, prepared_dir):
+      if stored != _key(name, split, tfds_root, prepared):
         logging.info("split cache %s is stale (the tfds files, the data code or the package "
                      "versions changed); reading tfds", path)
         return None
       arrays = {key: npz[key] for key in npz.files if key != META_KEY}
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+  except Exception as e:  # noqa: BLE001  any unreadable cache means: read tfds instead
     logging.warning("split cache %s cannot be read (%s: %s); reading tfds and rewriting it", path,
                     type(e).__name__, e)
     return None
@@ -100,25 +131,52 @@ def read(name: str, split: str, tfds_dir: str | os.PathLike | None = None
   return arrays
 
 
+def _inside(root: pathlib.Path, relative: str) -> bool:
+  return (not os.path.isabs(relative) and
+          os.path.commonpath([root, os.path.normpath(root / relative)]) == os.fspath(root))
+
+
 def write(name: str, split: str, arrays: dict[str, np.ndarray], prepared_dir: str | os.PathLike,
           tfds_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
-  """Stores name/split's common form, keyed by `prepared_dir` (the tfds version directory it was
-  read from); never raises (a cache that cannot be written is only slower)."""
+  """Stores name/split's common form, keyed by `prepared_dir` (the tfds version directory, under
+  the tfds dir, it was read from). Writes nothing (and returns None) when the cache is off, the
+  data code on disk is no longer the code this process runs, or the file cannot be written (a
+  warning, once per directory): a missing cache is only slower."""
   path = cache_path(tfds_dir, name, split)
-  if META_KEY in arrays:
-    raise ValueError(f"{META_KEY} is reserved")
-  try:
-    meta = json.dumps(_key(name, split, prepared_dir), sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{split}.{os.getpid()}.{uuid.uuid4().hex}.npz")
-    try:
-      with open(tmp, "xb") as f:
-        np.savez(f, **arrays, **{META_KEY: np.array(meta)})
-      os.replace(tmp, path)  # concurrent writers each rename a whole file of the same arrays
-    finally:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-  except OSError as e:
-    logging.warning("could not write the split cache %s (%s)", path, e)
+  if path is None or not enabled() or META_KEY in arrays:
     return None
+  tfds_root = paths.resolve_tfds_dir(tfds_dir)
+  prepared = os.path.relpath(os.path.realpath(prepared_dir), os.path.realpath(tfds_root))
+  if not _inside(tfds_root, prepared):
+    return None
+  if _digest_sources() != CODE_DIGEST:
+    logging.info("not caching %s/%s: mmjax/data changed on disk since this process imported it",
+                 name, split)
+    return None
+  tmp = path.with_name(f".{split}.{os.getpid()}.{uuid.uuid4().hex}.npz")
+  try:
+    meta = json.dumps(_key(name, split, tfds_root, prepared), sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path.parent)
+    with open(tmp, "xb") as f:
+      np.savez(f, **arrays, **{META_KEY: np.array(meta)})
+    os.replace(tmp, path)  # concurrent writers each rename a whole file of the same arrays
+  except OSError as e:
+    if path.parent not in _warned_unwritable:
+      _warned_unwritable.add(path.parent)
+      logging.warning("could not write the split cache %s (%s); reading tfds each time", path, e)
+    return None
+  finally:
+    if tmp.exists():
+      tmp.unlink()
   return path
+
+
+def _remove_stale_temporaries(folder: pathlib.Path) -> None:
+  """Temporary files of writers killed mid-write, untouched for an hour."""
+  for leftover in folder.glob(".*.npz"):
+    try:
+      if time.time() - leftover.stat().st_mtime > _STALE_TMP_SECS:
+        leftover.unlink()
+    except OSError:
+      pass

@@ -44,7 +44,7 @@ class Writers:
       logging.warning("no TensorBoard events in %s: the tensorboard package cannot be imported "
                       "(%s); metrics go to metrics.jsonl and the log", workdir, TENSORBOARD_MISSING)
     elif self.lead:
-      self.tensorboard = _Both(self.tensorboard, _EventWriter(workdir))
+      self.tensorboard = _Both(self.tensorboard, _EventWriter(workdir, start_step))
     self.jsonl_path = workdir / "metrics.jsonl"
     if self.lead:
       _drop_rows_after(self.jsonl_path, start_step)
@@ -96,11 +96,17 @@ class _EventWriter:
   writes them) in `workdir`/events.out.tfevents.*: TFRecords of Event protos, written through
   tensorboard's RecordWriter into a plain file and flushed at every call."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, start_step: int = 0):
     name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
     self.path = pathlib.Path(workdir) / name
     self.records = _record_writer.RecordWriter(open(self.path, "ab"))  # noqa: SIM115
     self._write(_event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+    # Every start of the run marks a session: at a resume (any START after a run's first),
+    # TensorBoard drops the earlier files' steps from start_step + 1 on, which this process logs
+    # again (as metrics.jsonl drops its rows after the checkpoint).
+    self._write(_event_pb2.Event(wall_time=time.time(), step=int(start_step) + 1,
+                                 session_log=_event_pb2.SessionLog(status=_event_pb2.SessionLog.START)))
+    self.records.flush()
 
   def _write(self, event) -> None:
     self.records.write(event.SerializeToString())
