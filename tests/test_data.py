@@ -176,6 +176,25 @@ def test_split_cache_gives_what_tfds_gave_until_tfds_the_code_or_the_file_change
   assert split_cache.read("usps", "test", copy) is None
   same(split_cache.read("usps", "test", usps_tfds_dir), direct)
 
+  # The dataset's folder a symlink: the cache checks the files behind the link as tfds opens it,
+  # so repointing the link (to files that differ) is a miss.
+  rel = prepared.relative_to(usps_tfds_dir)
+  (copy / rel.parts[0]).rename(copy / "real_a")
+  shutil.copytree(copy / "real_a", copy / "real_b")
+  os.utime(copy / "real_b" / shard.relative_to(prepared.parent),
+           ns=(stat.st_atime_ns, stat.st_mtime_ns + 3 * 10**9))
+  (copy / rel.parts[0]).symlink_to(copy / "real_a")
+  assert split_cache.write("usps", "test", direct, copy / rel, copy) is not None
+  same(split_cache.read("usps", "test", copy), direct)
+  (copy / rel.parts[0]).unlink()
+  (copy / rel.parts[0]).symlink_to(copy / "real_b")
+  assert split_cache.read("usps", "test", copy) is None
+  # A tfds dir spelled with "..": the same cache, written and read.
+  (tmp_path / "sub").mkdir()
+  dotted = tmp_path / "sub" / ".." / copy.name
+  assert split_cache.write("usps", "test", direct, dotted / rel, dotted) is not None
+  same(split_cache.read("usps", "test", copy), direct)
+
   # A damaged cache file (truncated; one flipped byte of image data, caught by zip's CRC) is
   # ignored, and the entry point still gives tfds's arrays and writes a good file again.
   good = cache.read_bytes()

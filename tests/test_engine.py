@@ -85,6 +85,7 @@ def test_run_writes_config_metrics_results_and_tensorboard(reference):
   assert set(logged) == set(read) and len(logged) >= 12
   for key, value in logged.items():
     np.testing.assert_allclose(read[key], value, rtol=1e-6, err_msg=str(key))
+  assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [10, 20, 30]
 
 
 def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
@@ -95,7 +96,6 @@ def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
   events.Reload()
   return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
           for tag in events.Tags()["tensors"] if tag != "steps_per_sec"}
-  assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [10, 20, 30]
 
 
 def test_evaluations_share_one_compiled_step_and_the_kept_batches_equal_streamed_ones(

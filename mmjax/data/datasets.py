@@ -168,12 +168,14 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   if split not in spec.splits:
     raise ValueError(f"Unknown split {split!r} of dataset {name!r}; valid splits are {list(spec.splits)}.")
   builder = get_builder(name, data_dir=data_dir, tfds_dir=tfds_dir)
+  files_read = split_cache.prepared_files(str(builder.data_dir))  # the cache's key: before the read
   start = time.perf_counter()
   arrays = tfds.as_numpy(builder.as_dataset(split="train" if spec.train_only else split, batch_size=-1))
   logging.info("Read %s/%s (%d examples) in %.1f s", name, split, len(arrays["label"]),
                time.perf_counter() - start)
   common = spec.common_form(arrays)
-  split_cache.write(name, split, common, str(builder.data_dir), tfds_dir)  # the next read skips TF
+  split_cache.write(name, split, common, str(builder.data_dir), tfds_dir,  # the next read skips TF
+                    files_read=files_read)
   return common
 
 

@@ -4,13 +4,14 @@ Reading a split from tfds imports TensorFlow (about 5 s a process) and decodes e
 first read of a split writes its common form to `<tfds dir>/mmjax_arrays/<name>/<split>.npz`;
 later reads load that file with numpy alone, as long as it still describes what tfds would give:
 
-- the prepared tfds directory it was read from (stored relative to the tfds dir, so a copied or
-  moved tfds dir checks its own files) still holds the same files: names, sizes and modification
-  times, so re-preparing the dataset (a new builder version, a deleted and rebuilt tfds dir) is a
-  miss;
+- the prepared tfds directory it was read from (stored as tfds opens it, relative to the tfds dir
+  and without resolving symlinks, so a copied or moved tfds dir, or a repointed link, checks the
+  files tfds would read) still holds the same files: names, sizes and modification times, so
+  re-preparing the dataset (a new builder version, a deleted and rebuilt tfds dir) is a miss;
 - the source of the data layer (every `mmjax/data/*.py`) is the same, so a change to a builder or
   to the common form (image resizing, feature scaling, ...) is a miss. The digest is taken when
-  this module is imported, and a process whose data code changed on disk since then writes nothing;
+  this module is first imported (mmjax.data.datasets imports it beside the builders; the first
+  load_split imports it), and a process whose data code changed on disk since writes nothing;
 - the installed tensorflow, tensorflow-datasets and numpy versions are the same (on a machine
   without TensorFlow nothing matches: use exported arrays there, mmjax.data.arrays).
 
@@ -38,7 +39,7 @@ from mmjax.data import paths
 CACHE_FOLDER = "mmjax_arrays"
 META_KEY = "__mmjax_cache__"
 OFF_ENV = "MMJAX_NO_SPLIT_CACHE"
-FORMAT = 2
+FORMAT = 3
 _DATA_SOURCES = pathlib.Path(__file__).resolve().parent
 _VERSIONED = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos", "tf-nightly",
               "tensorflow-datasets", "numpy")
@@ -48,7 +49,7 @@ _warned_unwritable = set()
 
 
 def enabled() -> bool:
-  return os.environ.get(OFF_ENV, "") in ("", "0")
+  return os.environ.get(OFF_ENV, "").strip().lower() in ("", "0", "false", "no", "off")
 
 
 def cache_path(tfds_dir: str | os.PathLike | None, name: str, split: str) -> pathlib.Path | None:
@@ -65,8 +66,7 @@ def _digest_sources() -> str:
   return digest.hexdigest()
 
 
-CODE_DIGEST = _digest_sources()  # the data code this process imported (mmjax.data.datasets imports
-                                 # this module first, then the builders, at the same moment)
+CODE_DIGEST = _digest_sources()  # the data code this process runs (taken as it is imported)
 
 
 def code_digest() -> str:
@@ -92,10 +92,22 @@ def prepared_files(prepared_dir: str | os.PathLike) -> list[list]:
           for entry in sorted(root.iterdir()) if entry.is_file()]
 
 
-def _key(name: str, split: str, tfds_root: pathlib.Path, prepared: str) -> dict:
+def _key(name: str, split: str, tfds_root: pathlib.Path, prepared: str,
+         files: list | None = None) -> dict:
   return {"format": FORMAT, "name": name, "split": split, "code": code_digest(),
           "versions": _versions(), "prepared_dir": prepared,
-          "prepared_files": prepared_files(tfds_root / prepared)}
+          "prepared_files": prepared_files(tfds_root / prepared) if files is None else files}
+
+
+def _root(tfds_dir) -> pathlib.Path:
+  """The tfds dir, absolute, with '..' folded but symlinks kept (as tfds opens paths in it)."""
+  return pathlib.Path(os.path.normpath(paths.resolve_tfds_dir(tfds_dir)))
+
+
+def relative_prepared_dir(prepared_dir: str | os.PathLike, tfds_dir=None) -> str | None:
+  """A prepared dataset directory as a path under the tfds dir, or None if it is not under it."""
+  rel = os.path.relpath(os.path.normpath(os.path.abspath(prepared_dir)), _root(tfds_dir))
+  return rel if _inside(rel) else None
 
 
 def read(name: str, split: str, tfds_dir: str | os.PathLike | None = None
@@ -104,14 +116,14 @@ def read(name: str, split: str, tfds_dir: str | os.PathLike | None = None
   path = cache_path(tfds_dir, name, split)
   if path is None or not enabled() or not path.exists():
     return None
-  tfds_root = paths.resolve_tfds_dir(tfds_dir)
+  tfds_root = _root(tfds_dir)
   try:
     with np.load(path, allow_pickle=False) as npz:
       if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError("not an .npz file")
       stored = json.loads(str(npz[META_KEY]))
       prepared = stored.get("prepared_dir") if isinstance(stored, dict) else None
-      if not isinstance(prepared, str) or not _inside(tfds_root, prepared):
+      if not isinstance(prepared, str) or not _inside(prepared):
         raise ValueError(f"bad description {str(stored)[:200]}")
       if not (tfds_root / prepared).is_dir():
         logging.info("split cache %s: its tfds dataset %s is gone; reading tfds", path,
@@ -131,23 +143,30 @@ def read(name: str, split: str, tfds_dir: str | os.PathLike | None = None
   return arrays
 
 
-def _inside(root: pathlib.Path, relative: str) -> bool:
-  return (not os.path.isabs(relative) and
-          os.path.commonpath([root, os.path.normpath(root / relative)]) == os.fspath(root))
+def _inside(relative: str) -> bool:
+  parts = pathlib.PurePath(relative).parts
+  return bool(parts) and not os.path.isabs(relative) and ".." not in parts and parts != (".",)
 
 
 def write(name: str, split: str, arrays: dict[str, np.ndarray], prepared_dir: str | os.PathLike,
-          tfds_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
+          tfds_dir: str | os.PathLike | None = None, files_read: list | None = None
+          ) -> pathlib.Path | None:
   """Stores name/split's common form, keyed by `prepared_dir` (the tfds version directory, under
-  the tfds dir, it was read from). Writes nothing (and returns None) when the cache is off, the
-  data code on disk is no longer the code this process runs, or the file cannot be written (a
-  warning, once per directory): a missing cache is only slower."""
+  the tfds dir, it was read from) and `files_read` (its prepared_files() taken before the read;
+  now if not given). Writes nothing (and returns None) when the cache is off, the prepared files
+  changed during the read, the data code on disk is no longer the code this process runs, or the
+  file cannot be written (a warning, once per directory): a missing cache is only slower."""
   path = cache_path(tfds_dir, name, split)
   if path is None or not enabled() or META_KEY in arrays:
     return None
-  tfds_root = paths.resolve_tfds_dir(tfds_dir)
-  prepared = os.path.relpath(os.path.realpath(prepared_dir), os.path.realpath(tfds_root))
-  if not _inside(tfds_root, prepared):
+  tfds_root = _root(tfds_dir)
+  prepared = relative_prepared_dir(prepared_dir, tfds_dir)
+  if prepared is None:
+    logging.info("not caching %s/%s: %s is not under the tfds dir %s", name, split, prepared_dir,
+                 tfds_root)
+    return None
+  if files_read is not None and files_read != prepared_files(tfds_root / prepared):
+    logging.info("not caching %s/%s: its tfds files changed while it was read", name, split)
     return None
   if _digest_sources() != CODE_DIGEST:
     logging.info("not caching %s/%s: mmjax/data changed on disk since this process imported it",
@@ -155,11 +174,11 @@ def write(name: str, split: str, arrays: dict[str, np.ndarray], prepared_dir: st
     return None
   tmp = path.with_name(f".{split}.{os.getpid()}.{uuid.uuid4().hex}.npz")
   try:
-    meta = json.dumps(_key(name, split, tfds_root, prepared), sort_keys=True)
+    meta = json.dumps(_key(name, split, tfds_root, prepared, files_read), sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path.parent)
     with open(tmp, "xb") as f:
-      np.savez(f, **arrays, **{META_KEY: np.array(meta)})
+      np.savez_compressed(f, **arrays, **{META_KEY: np.array(meta)})
     os.replace(tmp, path)  # concurrent writers each rename a whole file of the same arrays
   except OSError as e:
     if path.parent not in _warned_unwritable:

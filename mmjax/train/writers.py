@@ -146,7 +146,8 @@ class _Both:
 
 
 class _Progress:
-  """Every `every` steps: steps/s since the last report to the writer, and the ETA to the log."""
+  """Every `every` steps: steps/s since the last report to the writer (and so the log), and the
+  ETA to the log."""
 
   def __init__(self, writer, every: int, total_steps: int):
     self.writer, self.every, self.total = writer, max(int(every), 1), total_steps
@@ -159,8 +160,7 @@ class _Progress:
     if self.last is not None and step > self.last[0]:
       rate = (step - self.last[0]) / (now - self.last[1])
       self.writer.write_scalars(step, {"steps_per_sec": rate})
-      logging.info("step %d/%d: %.3g steps/s, ETA %.0f s", step, self.total, rate,
-                   max(self.total - step, 0) / rate)
+      logging.info("step %d/%d, ETA %.0f s", step, self.total, max(self.total - step, 0) / rate)
     self.last = (step, now)
 
 
