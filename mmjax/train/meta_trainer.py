@@ -141,7 +141,6 @@ def train_and_evaluate(config, workdir) -> dict:
   new_totals = jax.jit(lambda: steps.empty_totals(metrics_shape),
                        out_shardings=partitioner.replicated)
   totals = new_totals()
-  out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
   preemption = trainer.Preemption()
 
   def save(step, **extra):
@@ -174,6 +173,8 @@ def train_and_evaluate(config, workdir) -> dict:
     out.scalars(step, values)
     totals = new_totals()
 
+  out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
+  # (made right before the try whose finally closes it)
   try:
     for step in range(start_step + 1, config.train.steps + 1 if early is None else 0):
       # Tasks of step s are drawn from (seed, s - 1), the step counter before the update.

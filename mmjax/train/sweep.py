@@ -515,8 +515,6 @@ class _Sweep:
     boundaries = [log_every, config.checkpoint.every] + ([config.eval_every] if config.eval_every
                                                          else [])
     hparams = jax.tree.map(lambda v: v[np.array(members)], kind.hparams)
-    outs = [writers.Writers(pathlib.Path(self.runs[i].workdir), total, start, log_every)
-            for i in members]
     alive = [True] * len(members)  # False: a non-finite loss, or stopped by select.patience
     stopped = {}  # row: results of a run that select.patience stopped
     sums = [collections.defaultdict(float) for _ in members]
@@ -537,7 +535,10 @@ class _Sweep:
       outs[j].scalars(step, values[j])
       sums[j], counts[j] = collections.defaultdict(float), 0
     step = start
+    outs = []  # every run's writers, closed by the finally below
     try:
+      outs.extend(writers.Writers(pathlib.Path(self.runs[i].workdir), total, start, log_every)
+                  for i in members)
       while step < total and any(alive):
         end = min([total] + [(step // b + 1) * b for b in boundaries])
         inputs = kind.inputs(step, end - step, members)

@@ -262,7 +262,6 @@ def train_and_evaluate(config, workdir) -> dict:
                        out_shardings=partitioner.replicated)
   totals = new_totals()
 
-  out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
   preemption = Preemption()
 
   def mesh_state():
@@ -296,6 +295,8 @@ def train_and_evaluate(config, workdir) -> dict:
     out.scalars(step, values)
     totals = new_totals()
 
+  out = writers.Writers(workdir, config.train.steps, start_step, config.train.log_every)
+  # (made right before the try whose finally closes it)
   try:
     for step in range(start_step + 1, config.train.steps + 1 if early is None else 0):
       local = {name: next(it) for name, it in iterators.items()}
