@@ -562,6 +562,7 @@ class _Sweep:
           counts[j] += len(row["loss"])
           if step % log_every == 0 or step == total:
             log_train(j, step)
+          outs[j].step(step)  # steps/s (the sweep's, every run advancing with it) and the bar
         if config.eval_every and step % config.eval_every == 0 and step != total:
           for j, ev in evaluate_live(tree).items():
             outs[j].scalars(step, _scalars(ev))
