@@ -164,6 +164,20 @@ def test_finished_run_is_not_redone(reference):
   assert (reference / "results.json").read_text() == before
 
 
+def test_run_killed_between_its_last_checkpoint_and_results_logs_each_row_once(reference, tmp_path):
+  """Its restart evaluates again at the last step: metrics.jsonl and TensorBoard keep one copy of
+  each row, and equal the uninterrupted run's."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  (workdir / "results.json").unlink()
+  again = train.train_and_evaluate(small_config(), workdir)
+  assert again["eval"] == results(reference)["eval"]
+  rows = lambda d: (d / "metrics.jsonl").read_text().splitlines()
+  assert rows(workdir) == rows(reference)
+  assert len(list(workdir.glob("events.out.tfevents.*"))) == 2
+  assert tensorboard_scalars(workdir) == tensorboard_scalars(reference)
+
+
 def _wait_for(predicate, proc, timeout=240):
   start = time.time()
   while not predicate():

@@ -43,11 +43,16 @@ class Writers:
     if self.lead and _record_writer is None:
       logging.warning("no TensorBoard events in %s: the tensorboard package cannot be imported "
                       "(%s); metrics go to metrics.jsonl and the log", workdir, TENSORBOARD_MISSING)
-    elif self.lead:
-      self.tensorboard = _Both(self.tensorboard, _EventWriter(workdir, start_step))
     self.jsonl_path = workdir / "metrics.jsonl"
-    if self.lead:
-      _drop_rows_after(self.jsonl_path, start_step)
+    # On resume: the rows logged after the checkpoint go (they are logged again); those logged at
+    # its step before it was saved are written to the new event file again, after the
+    # session-start event at that step that makes TensorBoard drop the old files' later steps.
+    kept = _drop_rows_after(self.jsonl_path, start_step, total_steps) if self.lead else []
+    if self.lead and _record_writer is not None:
+      events = _EventWriter(workdir, start_step)
+      for row in kept:
+        events.write_scalars(start_step, {k: v for k, v in row.items() if k != "step"})
+      self.tensorboard = _Both(self.tensorboard, events)
     self.report = _Progress(self.tensorboard, log_every, total_steps)
     self.bar = None
     if self.lead and sys.stderr.isatty():
@@ -102,9 +107,9 @@ class _EventWriter:
     self.records = _record_writer.RecordWriter(open(self.path, "ab"))  # noqa: SIM115
     self._write(_event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
     # Every start of the run marks a session: at a resume (any START after a run's first),
-    # TensorBoard drops the earlier files' steps from start_step + 1 on, which this process logs
-    # again (as metrics.jsonl drops its rows after the checkpoint).
-    self._write(_event_pb2.Event(wall_time=time.time(), step=int(start_step) + 1,
+    # TensorBoard drops the earlier files' steps from start_step on (Writers writes the rows of
+    # start_step that the checkpoint covers again; the later ones this process logs again).
+    self._write(_event_pb2.Event(wall_time=time.time(), step=int(start_step),
                                  session_log=_event_pb2.SessionLog(status=_event_pb2.SessionLog.START)))
     self.records.flush()
 
@@ -164,13 +169,26 @@ class _Progress:
     self.last = (step, now)
 
 
-def _drop_rows_after(path: pathlib.Path, step: int) -> None:
-  """On resume, forget rows logged after the checkpoint we resumed from: they are logged again."""
+def _drop_rows_after(path: pathlib.Path, step: int, total_steps: int) -> list[dict]:
+  """On resume, forgets the rows logged after the checkpoint we resumed from (they are logged
+  again), and returns the kept rows of its step.
+
+  Every trainer logs a step's train row and periodic evaluation before saving it; the last step's
+  evaluation comes after its checkpoint (the final evaluation), so at `total_steps` only train rows
+  are kept.
+  """
   if not path.exists():
-    return
-  rows = [line for line in path.read_text().splitlines() if line.strip()]
-  kept = [r for r in rows if json.loads(r)["step"] <= step]
-  if len(kept) != len(rows):
+    return []
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  rows = [json.loads(line) for line in lines]
+
+  def keep(row):
+    return row["step"] < step or (row["step"] == step and (
+        step < total_steps or any(k.startswith("train/") for k in row)))
+
+  kept = [line for line, row in zip(lines, rows) if keep(row)]
+  if len(kept) != len(lines):
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(r + "\n" for r in kept))
+    tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+  return [row for row in rows if row["step"] == step and keep(row)] if step else []
