@@ -38,6 +38,27 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+def env_without_tensorflow(**extra) -> dict[str, str]:
+  """Environment entries (to lay over os.environ) for a subprocess that cannot import tensorflow,
+  tensorflow_datasets or clu, as on a machine without them: tests/no_tensorflow's sitecustomize
+  put first on PYTHONPATH (it also hides the packages named in $MMJAX_TEST_HIDE)."""
+  path = os.pathsep.join(p for p in (str(REPO / "tests" / "no_tensorflow"),
+                                     os.environ.get("PYTHONPATH")) if p)
+  return {"PYTHONPATH": path, **extra}
+
+
+def tensorboard_scalars(workdir, skip=("steps_per_sec",)) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of every scalar in a workdir's event files but the `skip` tags,
+  as TensorBoard's own reader (its plugin event accumulator, restarts purged) sees them."""
+  from tensorboard.backend.event_processing import plugin_event_accumulator as acc  # noqa: PLC0415
+  from tensorboard.util import tensor_util  # noqa: PLC0415
+  events = acc.EventAccumulator(str(workdir), size_guidance={acc.TENSORS: 0})
+  events.Reload()
+  value = lambda e: float(tensor_util.make_ndarray(e.tensor_proto))
+  return {tag: [(e.step, value(e)) for e in events.Tensors(tag)]
+          for tag in events.Tags()["tensors"] if tag not in skip}
+
+
 def pytest_unconfigure(config):
   if _OWN_XLA_CACHE and not hasattr(config, "workerinput"):  # the controller, not an -n worker
     shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)

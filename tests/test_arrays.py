@@ -13,14 +13,8 @@ from mmjax.data import arrays as arrays_lib
 from mmjax.data import datasets, export, pipeline
 from mmjax.train import trainer
 
-from conftest import REPO
+from conftest import REPO, env_without_tensorflow
 
-NO_TF = str(REPO / "tests" / "no_tensorflow")  # its sitecustomize hides tensorflow, tfds and clu
-
-
-def _env_without_tensorflow(**extra):
-  path = os.pathsep.join(p for p in (NO_TF, os.environ.get("PYTHONPATH")) if p)
-  return {"PYTHONPATH": path, **extra}
 
 
 def test_numpy_order_batches_straddle_epochs_resume_and_split_across_processes():
@@ -96,7 +90,7 @@ def test_exported_arrays_equal_the_tfds_ones_and_bad_files_say_so(tmp_path):
           "try:\n  load_split('mnist', 'test')\nexcept ImportError as e:\n  print(e)\n"
           "load_split('usps', 'test')\n")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, **_env_without_tensorflow(
+                        env={**os.environ, **env_without_tensorflow(
                             MMJAX_ARRAYS_DIR=str(out),  # and no split cache (a fresh tfds dir)
                             MMJAX_TFDS_DIR=str(tmp_path / "no_tfds"))})
   first, missing = proc.stdout.splitlines()[:2]
@@ -114,7 +108,7 @@ def test_a_sweep_trains_without_tensorflow_as_a_solo_run_does_with_it(tmp_path, 
                ("checkpoint.every", "6"), ("data.global_batch", "32"))  # the default tf order
   cells = experiments.grid([{"row": "source only", "column": "U→M",
                              "config": "configs/digits.py:usps_mnist"}], [0, 1], overrides)
-  runner = experiments.Runner(tmp_path / "runs", env=_env_without_tensorflow(
+  runner = experiments.Runner(tmp_path / "runs", env=env_without_tensorflow(
       MMJAX_ARRAYS_DIR=str(arrays_dir), MMJAX_TFDS_DIR=str(tmp_path / "no_tfds"),
       MMJAX_TEST_HIDE="tensorboard"))  # and without tensorboard: metrics.jsonl and the log only
   assert set(runner.run(cells).values()) == {"done"}

@@ -16,6 +16,8 @@ import tensorflow_datasets as tfds
 from mmjax import data
 from mmjax.data import raw_files
 
+from conftest import env_without_tensorflow
+
 # Class counts for digits 0..9, from shared/data/<dataset>/SOURCE.md.
 CLASS_COUNTS = {
     ("mnist", "train"): [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
@@ -129,9 +131,8 @@ def test_split_cache_gives_what_tfds_gave_until_tfds_the_code_or_the_file_change
   out = tmp_path / "read.npz"
   proc = subprocess.run(
       [sys.executable, "-c", _READ_WITHOUT_TF, str(out)], capture_output=True, text=True,
-      env={**os.environ, "MMJAX_TFDS_DIR": str(usps_tfds_dir), "MMJAX_ARRAYS_DIR": "",
-           "PYTHONPATH": os.pathsep.join(filter(None, (
-               str(pathlib.Path(__file__).parent / "no_tensorflow"), os.environ.get("PYTHONPATH"))))})
+      env={**os.environ, **env_without_tensorflow(MMJAX_TFDS_DIR=str(usps_tfds_dir),
+                                                   MMJAX_ARRAYS_DIR="")})
   assert proc.stdout.split() == ["False", "False"], proc.stderr[-2000:]
   with np.load(out) as read:
     val = arrays.cut_holdout(train, "train_val")

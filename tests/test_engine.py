@@ -21,7 +21,7 @@ from mmjax import config as config_lib
 from mmjax import data
 from mmjax import train
 from mmjax.train import checkpoint, transfer
-from conftest import xla_flags
+from conftest import env_without_tensorflow, tensorboard_scalars, xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC = "configs/digits.py:usps_mnist"
@@ -86,16 +86,6 @@ def test_run_writes_config_metrics_results_and_tensorboard(reference):
   for key, value in logged.items():
     np.testing.assert_allclose(read[key], value, rtol=1e-6, err_msg=str(key))
   assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir()) == [10, 20, 30]
-
-
-def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
-  """Every scalar but steps/s in a workdir's event files, as TensorBoard's own reader sees them."""
-  from tensorboard.backend.event_processing import plugin_event_accumulator as acc  # noqa: PLC0415
-  from tensorboard.util import tensor_util  # noqa: PLC0415
-  events = acc.EventAccumulator(str(workdir), size_guidance={acc.TENSORS: 0})
-  events.Reload()
-  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-          for tag in events.Tags()["tensors"] if tag != "steps_per_sec"}
 
 
 def test_evaluations_share_one_compiled_step_and_the_kept_batches_equal_streamed_ones(
@@ -195,9 +185,7 @@ def test_kill_9_and_restart_gives_exactly_the_uninterrupted_results(tmp_path):
   # if it is missing) and still write TensorBoard events.
   for name, split in (("usps", "train"), ("usps", "test"), ("mnist", "test")):
     data.load_split(name, split)
-  no_tf = {"PYTHONPATH": os.pathsep.join(filter(None, (str(REPO / "tests" / "no_tensorflow"),
-                                                       os.environ.get("PYTHONPATH")))),
-           "MMJAX_ARRAYS_DIR": ""}
+  no_tf = env_without_tensorflow(MMJAX_ARRAYS_DIR="")
   launch(tmp_path / "straight", devices=2, overrides=long)
   proc = launch(tmp_path / "killed", devices=2, overrides=long, wait=False, env=no_tf)
   # Killed once step 75 is logged after checkpoint 50: the restart logs it again.

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tensorboard_scalars
 from mmjax import config as config_lib
 from mmjax import experiments
 from mmjax.data import pipeline, sinusoid
@@ -33,16 +33,10 @@ def _assert_same_run(swept, alone, swept_dir, alone_dir):
   params = [checkpoint.read_params(str(d))[0] for d in (swept_dir, alone_dir)]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *params)
   # The same TensorBoard scalars at the same steps, and steps/s (where a restart resets its clock).
-  tagged = [_event_steps(d) for d in (swept_dir, alone_dir)]
+  tagged = [{(tag, step) for tag, pairs in tensorboard_scalars(d, skip=()).items()
+             for step, _ in pairs} for d in (swept_dir, alone_dir)]
   metrics = [{(tag, step) for tag, step in t if tag != "steps_per_sec"} for t in tagged]
   assert metrics[0] == metrics[1] and any(tag == "steps_per_sec" for tag, _ in tagged[0])
-
-
-def _event_steps(workdir) -> set[tuple[str, int]]:
-  from tensorboard.backend.event_processing import plugin_event_accumulator as acc  # noqa: PLC0415
-  events = acc.EventAccumulator(str(workdir), size_guidance={acc.TENSORS: 0})
-  events.Reload()
-  return {(tag, e.step) for tag in events.Tags()["tensors"] for e in events.Tensors(tag)}
 
 
 @pytest.mark.parametrize("method,axis", [("nn", "unroll"), ("dann", "map")])

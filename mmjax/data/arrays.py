@@ -13,6 +13,7 @@ in either example order (the tf order is computed in numpy; mmjax.data.pipeline)
 """
 import os
 import pathlib
+import uuid
 import zipfile
 
 import numpy as np
@@ -27,6 +28,7 @@ _VAL_SEED = 20160901  # fixed: the held-out examples never depend on config.seed
 # A dataset name "npz:<path>" reads the arrays of a .npz file (e.g. pseudo-labelled target data
 # written by reverse validation); its "train" and "test" are the whole file.
 NPZ_PREFIX = "npz:"
+TMP_SUFFIX = ".tmp.npz"  # save_npz's temporary files end so
 
 
 def resolve_arrays_dir(arrays_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
@@ -75,12 +77,22 @@ def load_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> pathlib.Path:
-  """Writes `arrays` compressed, through a temporary file and a rename (never half a file)."""
+  """Writes `arrays` compressed, through a temporary file and a rename (never half a file).
+
+  The temporary file (`.<name>.<pid>.<random>.tmp.npz` beside `path`) is this writer's own, so
+  several processes may write the same path at once: each renames a whole file. It is removed if
+  the write fails; one left by a killed writer stays (see split_cache).
+  """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
+  tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+  try:
+    with open(tmp, "xb") as f:
+      np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
   return path
 
 

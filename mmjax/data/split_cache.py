@@ -29,11 +29,11 @@ import os
 import pathlib
 import re
 import time
-import uuid
 
 import numpy as np
 from absl import logging
 
+from mmjax.data import arrays as arrays_lib
 from mmjax.data import paths
 
 CACHE_FOLDER = "mmjax_arrays"
@@ -172,28 +172,21 @@ def write(name: str, split: str, arrays: dict[str, np.ndarray], prepared_dir: st
     logging.info("not caching %s/%s: mmjax/data changed on disk since this process imported it",
                  name, split)
     return None
-  tmp = path.with_name(f".{split}.{os.getpid()}.{uuid.uuid4().hex}.npz")
   try:
     meta = json.dumps(_key(name, split, tfds_root, prepared, files_read), sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path.parent)
-    with open(tmp, "xb") as f:
-      np.savez_compressed(f, **arrays, **{META_KEY: np.array(meta)})
-    os.replace(tmp, path)  # concurrent writers each rename a whole file of the same arrays
+    # concurrent writers each rename a whole file of the same arrays
+    return arrays_lib.save_npz(path, {**arrays, META_KEY: np.array(meta)})
   except OSError as e:
     if path.parent not in _warned_unwritable:
       _warned_unwritable.add(path.parent)
       logging.warning("could not write the split cache %s (%s); reading tfds each time", path, e)
     return None
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-  return path
 
 
 def _remove_stale_temporaries(folder: pathlib.Path) -> None:
   """Temporary files of writers killed mid-write, untouched for an hour."""
-  for leftover in folder.glob(".*.npz"):
+  for leftover in folder.glob(f".*{arrays_lib.TMP_SUFFIX}"):
     try:
       if time.time() - leftover.stat().st_mtime > _STALE_TMP_SECS:
         leftover.unlink()

@@ -186,9 +186,9 @@ def _drop_rows_after(path: pathlib.Path, step: int, total_steps: int) -> list[di
     return row["step"] < step or (row["step"] == step and (
         step < total_steps or any(k.startswith("train/") for k in row)))
 
-  kept = [line for line, row in zip(lines, rows) if keep(row)]
+  kept = [(line, row) for line, row in zip(lines, rows) if keep(row)]
   if len(kept) != len(lines):
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(line + "\n" for line, _ in kept))
     os.replace(tmp, path)
-  return [row for row in rows if row["step"] == step and keep(row)] if step else []
+  return [row for _, row in kept if row["step"] == step]
